@@ -1,1 +1,3 @@
 //! Black-box tests of the real `conjure` binary.
+
+mod systemd;
