@@ -401,11 +401,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
 
 /// A directory to bind-mount read-only at `/payload` in a container, holding copies of
 /// `files` (by their file names). Copies, so that a concurrent `cargo build` cannot change a
-/// binary under a running container.
+/// binary under a running container. It lives in the scratch root under a name of ours, so
+/// the sweep removes it if the test process is killed.
 pub fn payload(files: &[&Path]) -> tempfile::TempDir {
+    let root = scratch_root();
+    fs::create_dir_all(&root).unwrap_or_else(|e| panic!("create {}: {e}", root.display()));
     let dir = tempfile::Builder::new()
-        .prefix("conjure-payload-")
-        .tempdir()
+        .prefix(&format!("{PREFIX}{}-payload", owner_tag()))
+        .rand_bytes(8)
+        .tempdir_in(&root)
         .expect("create payload dir");
     for f in files {
         let name = f.file_name().expect("payload file has a name");
