@@ -45,7 +45,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::marker::PhantomData;
 use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 mod selftest;
+mod units;
 
 /// The prefix of every container name, cgroup and scratch dir this harness makes.
 const PREFIX: &str = "conjure-test-";
@@ -423,6 +424,7 @@ pub fn payload(files: &[&Path]) -> tempfile::TempDir {
 #[derive(Default)]
 pub struct Builder {
     files: Vec<(PathBuf, String)>,
+    symlinks: Vec<(PathBuf, PathBuf)>,
     payload: Option<PathBuf>,
 }
 
@@ -442,6 +444,17 @@ impl Builder {
         self
     }
 
+    /// Places a symlink at an absolute path inside the container before boot, for example
+    /// `/usr/local/bin/conjure` → `/payload/conjure`, so that example units run unchanged.
+    pub fn symlink(mut self, path: &str, target: &str) -> Self {
+        let rel = path
+            .strip_prefix('/')
+            .unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
+        self.symlinks
+            .push((PathBuf::from(rel), PathBuf::from(target)));
+        self
+    }
+
     /// Bind-mounts a host directory read-only at `/payload` (see [`payload`]).
     pub fn payload(mut self, dir: &Path) -> Self {
         self.payload = Some(dir.to_path_buf());
@@ -451,7 +464,7 @@ impl Builder {
     /// Boots the container and waits until systemd reports `running` (or `degraded`).
     /// Panics, with nspawn's output, when it does not within a minute.
     pub fn boot(self) -> Container {
-        Container::start(self)
+        Container::launch(self)
     }
 }
 
@@ -487,7 +500,7 @@ impl Container {
         Builder::default()
     }
 
-    fn start(spec: Builder) -> Container {
+    fn launch(spec: Builder) -> Container {
         let lower = prepared().unwrap_or_else(|why| {
             panic!("systemd suite not available ({why}); call suite_available() first")
         });
@@ -507,6 +520,12 @@ impl Container {
             fs::create_dir_all(path.parent().expect("file has a parent"))
                 .and_then(|()| fs::write(&path, contents))
                 .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+        for (rel, target) in &spec.symlinks {
+            let path = upper.join(rel);
+            fs::create_dir_all(path.parent().expect("symlink has a parent"))
+                .and_then(|()| std::os::unix::fs::symlink(target, &path))
+                .unwrap_or_else(|e| panic!("symlink {}: {e}", path.display()));
         }
         // Overlay options are comma-separated, lowerdir lists colon-separated: our own paths
         // never hold either, but a CONJURE_* override might.
@@ -695,6 +714,32 @@ exec "$@""#;
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `systemctl start UNIT`; panics unless it succeeds, with the unit's status and journal.
+    pub fn start(&self, unit: &str) {
+        self.systemctl_or_explain("start", unit);
+    }
+
+    /// `systemctl stop UNIT`; panics unless it succeeds, with the unit's status and journal.
+    pub fn stop(&self, unit: &str) {
+        self.systemctl_or_explain("stop", unit);
+    }
+
+    fn systemctl_or_explain(&self, verb: &str, unit: &str) {
+        let out = self.exec(&["systemctl", verb, "--", unit]);
+        if !out.status.success() {
+            let status = self.exec(&["systemctl", "status", "--no-pager", "--full", "--", unit]);
+            panic!(
+                "in container {}: `systemctl {verb} {unit}` failed ({}): {}\n\
+                 --- systemctl status ---\n{}--- journal ---\n{}--- end ---",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim_end(),
+                String::from_utf8_lossy(&status.stdout),
+                self.journal(unit)
+            );
+        }
+    }
+
     /// `systemctl show` of the given properties of a unit, as a map.
     pub fn show(&self, unit: &str, props: &[&str]) -> HashMap<String, String> {
         let props = format!("--property={}", props.join(","));
@@ -740,6 +785,24 @@ exec "$@""#;
     pub fn console_log(&self) -> String {
         let raw = fs::read(self.dir.join("nspawn.log")).unwrap_or_default();
         strip_escapes(&String::from_utf8_lossy(&raw))
+    }
+
+    /// Every process of the container, as (pid inside, `comm`), seen from the host: the
+    /// processes in the pid namespace of its init.
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        let ns = |p: u32| fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+        let Some(container_ns) = ns(self.pid1) else {
+            return Vec::new();
+        };
+        all_pids()
+            .into_iter()
+            .filter(|&p| ns(p).as_ref() == Some(&container_ns))
+            .filter_map(|p| {
+                let (_, nspid) = proc_ids(p)?;
+                let comm = fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+                Some((*nspid.last()?, comm.trim_end().to_owned()))
+            })
+            .collect()
     }
 
     /// The container's machine name (also the name of its cgroup and scratch dir).
@@ -817,15 +880,6 @@ impl Drop for Container {
                 .arg("-l")
                 .arg(self.dir.join("merged"))
                 .status();
-        }
-        if std::thread::panicking() {
-            // Keep nspawn's console output where a failing test points.
-            let log = self.console_log();
-            let _ = writeln!(
-                io::stderr(),
-                "--- {} systemd-nspawn output ---\n{log}--- end ---",
-                self.name
-            );
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!(

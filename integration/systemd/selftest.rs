@@ -36,7 +36,7 @@ fn simple_unit_installed_before_boot_runs_and_stops_cleanly() {
     let c = Container::boot(&[("sleep.service", SLEEP_UNIT)], payload.path());
     eprintln!("booted in {:?}", c.boot_time());
 
-    c.run(&["systemctl", "start", "sleep.service"]);
+    c.start("sleep.service");
     let s = c.show(
         "sleep.service",
         &["ActiveState", "SubState", "MainPID", "Type"],
@@ -53,7 +53,7 @@ fn simple_unit_installed_before_boot_runs_and_stops_cleanly() {
     let host_comm = fs::read_to_string(format!("/proc/{host}/comm")).expect("host comm");
     assert_eq!(host_comm, "sleep\n");
 
-    c.run(&["systemctl", "stop", "sleep.service"]);
+    c.stop("sleep.service");
     // `systemctl stop` waits for the stop job; the wait is only a bound, should that change.
     wait_for(
         "sleep.service to be inactive",
@@ -114,7 +114,7 @@ fn dropping_a_container_leaves_no_process_mount_or_cgroup() {
     let payload = payload_with_marker();
     let traces = {
         let c = Container::boot(&[("sleep.service", SLEEP_UNIT)], payload.path());
-        c.run(&["systemctl", "start", "sleep.service"]);
+        c.start("sleep.service");
         let main_pid: u32 = c.prop("sleep.service", "MainPID").parse().unwrap();
         let t = Traces {
             name: c.name().to_owned(),
@@ -179,7 +179,7 @@ fn two_containers_boot_in_parallel() {
                 let payload = payload.path();
                 s.spawn(move || {
                     let c = Container::boot(&[("sleep.service", SLEEP_UNIT)], payload);
-                    c.run(&["systemctl", "start", "sleep.service"]);
+                    c.start("sleep.service");
                     let state = c.prop("sleep.service", "ActiveState");
                     (c.name().to_owned(), c.pid1(), state)
                 })
