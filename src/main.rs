@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use conjure::control::{self, Status, Stopped};
+use conjure::control::{self, Stopped};
 use conjure::{DaemonConfig, DaemonizeError, Launcher, exit};
 use nix::sys::signal::Signal;
 

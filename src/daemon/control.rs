@@ -123,20 +123,54 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
     if !matches!(pidfile::probe(pidfile), Ok(Probe::Locked(Some(p))) if p == pid) {
         return Err(fail(format!("pidfile `{}` changed while stopping; try again", pidfile.display())));
     }
+    let deadline = Instant::now() + timeout;
     tracing::debug!(pid, ?signal, "signalling");
     send(pidfd.as_ref(), pid, signal as i32).map_err(|e| fail(format!("cannot signal pid {pid}: {}", why(&e))))?;
-    let killed = if wait_exit(pidfd.as_ref(), pid, timeout) {
-        false
-    } else {
+    let mut killed = false;
+    if !wait_exit(pidfd.as_ref(), pid, deadline) {
         tracing::debug!(pid, "still running after {timeout:?}; sending SIGKILL");
         send(pidfd.as_ref(), pid, libc::SIGKILL).map_err(|e| fail(format!("cannot kill pid {pid}: {}", why(&e))))?;
-        if !wait_exit(pidfd.as_ref(), pid, Duration::from_secs(10)) {
-            return Err(fail(format!("pid {pid} survived SIGKILL for 10 s")));
+        if !wait_exit(pidfd.as_ref(), pid, Instant::now() + KILL_WAIT) {
+            return Err(fail(format!("pid {pid} survived SIGKILL for {KILL_WAIT:?}")));
         }
-        true
-    };
+        killed = true;
+    }
+    // Descendants that inherited the lock keep it, and with it the daemon "running", after the
+    // main process is gone. They hold the pidfile open, which makes them part of this daemon and
+    // nothing else: they get the same treatment.
+    let stragglers: Vec<(i32, Option<OwnedFd>)> = holders(pidfile)
+        .into_iter()
+        .filter(|p| *p != pid)
+        .map(|p| (p, sys::pidfd_open(p).ok().flatten()))
+        .collect();
+    for (p, fd) in &stragglers {
+        tracing::debug!(pid = p, "signalling a descendant that still holds the lock");
+        let _ = send(fd.as_ref(), *p, signal as i32);
+    }
+    for (p, fd) in &stragglers {
+        if !wait_exit(fd.as_ref(), *p, deadline) {
+            let _ = send(fd.as_ref(), *p, libc::SIGKILL);
+            killed = true;
+            if !wait_exit(fd.as_ref(), *p, Instant::now() + KILL_WAIT) {
+                return Err(fail(format!("pid {p}, holding `{}`, survived SIGKILL", pidfile.display())));
+            }
+        }
+    }
     remove_if_unlocked(pidfile);
     Ok(Stopped::Stopped { pid, killed })
+}
+
+/// How long a process may take to die after SIGKILL before `stop` gives up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Processes that have `path` open, found through `/proc/*/fd` (those this user may read).
+fn holders(path: &Path) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| holds_file(*p, path) == Some(true))
+        .collect()
 }
 
 fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
@@ -152,8 +186,7 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Waits until the process exits: poll on its pidfd, or (old kernels) on `kill(pid, 0)`.
-fn wait_exit(pidfd: Option<&OwnedFd>, pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+fn wait_exit(pidfd: Option<&OwnedFd>, pid: i32, deadline: Instant) -> bool {
     match pidfd {
         Some(fd) => wait_readable(fd, deadline),
         None => {
