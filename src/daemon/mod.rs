@@ -1,0 +1,360 @@
+//! The engine: one sequence, used by the library's [`daemonize`](crate::daemonize) and by the
+//! [`Launcher`] behind the command line.
+//!
+//! ```text
+//! validate ─► lock ─► open outputs ─► plan ─► fork ─► setsid ─► fork ─► setup ─► exec / return
+//! ```
+//!
+//! Everything that can fail for a reason an operator can fix (paths, users, locks, output
+//! files) fails in the launcher, before any fork, with nothing started. What remains for the
+//! child is a list of syscalls on numbers prepared here (see `sys.rs`); their failures come
+//! back over the report pipe (see `report.rs`) and are turned into the same errors.
+//!
+//! The lock is taken before any output file is opened, so that a second start that loses the
+//! race for the lock has truncated nothing.
+
+pub mod control;
+mod context;
+pub(crate) mod ids;
+pub mod launcher;
+pub(crate) mod pidfile;
+pub(crate) mod report;
+pub(crate) mod sys;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub use context::DaemonContext;
+
+use crate::config::DaemonConfig;
+use crate::error::DaemonizeError;
+use ids::Identity;
+use pidfile::Role;
+use sys::{ChildPlan, Failure, Stage};
+
+/// Files and facts gathered before the fork. Dropping it closes the launcher's copies; the
+/// daemon keeps its own.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The config with every path absolute.
+    pub config: DaemonConfig,
+    pub identity: Option<Identity>,
+    /// The locked lockfile, when it is not the pidfile.
+    pub lockfile: Option<File>,
+    /// The pidfile (locked, unless locking is off).
+    pub pidfile: Option<File>,
+    pub devnull: OwnedFd,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+}
+
+/// Whether output files are handed to the target user now (launcher) or later by the daemon
+/// itself ([`DaemonContext::chown_paths`], split-phase privilege drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chown {
+    Now,
+    Later,
+}
+
+impl Prepared {
+    /// Validates, locks and opens, in that order.
+    pub(crate) fn new(config: &DaemonConfig, chown: Chown) -> Result<Prepared, DaemonizeError> {
+        let config = config.resolved()?;
+        tracing::debug!(?config, "configuration validated");
+        let identity = ids::resolve(config.user.as_deref(), config.group.as_deref())?;
+        ensure_stdio_open()?;
+
+        let lockfile = match (&config.lockfile, config.lock) {
+            (Some(path), true) if Some(path) != config.pidfile.as_ref() => {
+                let f = pidfile::acquire(path, Role::Lockfile, true)?;
+                tracing::debug!(path = %path.display(), "lockfile locked");
+                Some(f)
+            }
+            _ => None,
+        };
+        let pidfile = match &config.pidfile {
+            Some(path) => {
+                let f = pidfile::acquire(path, Role::Pidfile, config.lock)?;
+                tracing::debug!(path = %path.display(), locked = config.lock, "pidfile opened");
+                Some(f)
+            }
+            None => None,
+        };
+        let mut prepared = Prepared {
+            devnull: open_devnull()?,
+            stdout: None,
+            stderr: None,
+            config,
+            identity,
+            lockfile,
+            pidfile,
+        };
+        let (stdout, stderr) = prepared.open_outputs()?;
+        prepared.stdout = stdout;
+        prepared.stderr = stderr;
+        if chown == Chown::Now {
+            prepared.chown_outputs()?;
+        }
+        Ok(prepared)
+    }
+
+    fn open_outputs(&self) -> Result<(Option<File>, Option<File>), DaemonizeError> {
+        let open = |path: &Path| -> Result<File, DaemonizeError> {
+            let mut opts = OpenOptions::new();
+            opts.write(true).create(true).mode(0o644).custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY);
+            if self.config.append {
+                opts.append(true);
+            } else {
+                opts.truncate(true);
+            }
+            let f = opts
+                .open(path)
+                .map_err(|source| DaemonizeError::OutputFileError { path: path.to_path_buf(), source })?;
+            tracing::debug!(path = %path.display(), append = self.config.append, "output file opened");
+            Ok(f)
+        };
+        let out = self.config.stdout.as_deref().map(open).transpose()?;
+        // One open file for both when they name the same file, so that the two streams share
+        // one offset instead of writing over each other.
+        let err = match (&self.config.stderr, &self.config.stdout, &out) {
+            (Some(e), Some(o), Some(f)) if e == o => Some(
+                f.try_clone()
+                    .map_err(|source| DaemonizeError::OutputFileError { path: e.clone(), source })?,
+            ),
+            (Some(e), _, _) => Some(open(e)?),
+            _ => None,
+        };
+        Ok((out, err))
+    }
+
+    /// Hands the output files to the target user and group. The pidfile and lockfile stay the
+    /// launching user's (design section 6): the daemon keeps its fds and needs no write access.
+    pub(crate) fn chown_outputs(&self) -> Result<(), DaemonizeError> {
+        chown_outputs(&self.config, self.identity.as_ref())
+    }
+
+    /// The child's plan: stdio, pidfile, inherited fds, identity. `exec` is filled by the caller.
+    pub(crate) fn plan(&self, report: Option<&OwnedFd>, inherit_extra: &[i32], drop_ids: bool) -> ChildPlan {
+        let null = self.devnull.as_raw_fd();
+        let inherited = |f: &Option<File>, fallback: i32| f.as_ref().map_or(fallback, |f| f.as_raw_fd());
+        let keep_stdio = if self.config.foreground { -1 } else { null };
+        let mut inherit: Vec<i32> = Vec::new();
+        inherit.extend(self.lockfile.as_ref().map(|f| f.as_raw_fd()));
+        if self.config.lock {
+            inherit.extend(self.pidfile.as_ref().map(|f| f.as_raw_fd()));
+        }
+        inherit.extend_from_slice(&self.config.keep_fds);
+        inherit.extend_from_slice(inherit_extra);
+        let mut plan = ChildPlan {
+            report: report.map_or(-1, |r| r.as_raw_fd()),
+            umask: self.config.umask as libc::mode_t,
+            chdir: cstring(self.config.chdir.as_os_str().as_bytes()),
+            stdio: [null, inherited(&self.stdout, keep_stdio), inherited(&self.stderr, keep_stdio)],
+            pidfile: self.pidfile.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            inherit,
+            moves: Vec::new(),
+            keep: Vec::new(),
+            close_fds: self.config.close_fds,
+            ids: if drop_ids { self.identity.as_ref().map(|i| i.ids.clone()) } else { None },
+            exec: None,
+            sigmax: 0,
+        };
+        plan.seal();
+        plan
+    }
+
+    /// Turns a failure reported by the child into the error an operator reads.
+    pub(crate) fn failure_error(&self, failure: Failure, program: Option<&Path>) -> DaemonizeError {
+        let source = io::Error::from_raw_os_error(failure.errno);
+        let c = &self.config;
+        let ids = self.identity.as_ref().map(|i| (i.ids.uid, i.ids.gid)).unwrap_or_default();
+        let denied = |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
+        match failure.stage {
+            Stage::Setsid => DaemonizeError::SetsidFailed(source),
+            Stage::Fork => DaemonizeError::ForkFailed(source),
+            Stage::Chdir => DaemonizeError::ChdirFailed { path: c.chdir.clone(), source },
+            Stage::Stdio => DaemonizeError::OutputFileError {
+                path: c.stdout.clone().unwrap_or_else(|| PathBuf::from("/dev/null")),
+                source,
+            },
+            Stage::Pidfile => DaemonizeError::PidfileError { path: c.pidfile.clone().unwrap_or_default(), source },
+            Stage::Setgroups => denied("setgroups".into()),
+            Stage::Setgid => denied(format!("setgid({})", ids.1)),
+            Stage::Setuid => denied(format!("setuid({})", ids.0)),
+            Stage::RegainedRoot => DaemonizeError::PermissionDenied(format!(
+                "privilege drop to uid {} did not stick: setuid(0) succeeded afterwards",
+                ids.0
+            )),
+            Stage::CloseFds => DaemonizeError::SystemError { call: "close_range", source },
+            Stage::Fds => DaemonizeError::SystemError { call: "dup2", source },
+            Stage::Exec => {
+                let path = program.map(Path::to_path_buf).unwrap_or_default();
+                match failure.errno {
+                    libc::ENOENT | libc::EACCES | libc::ENOTDIR | libc::ELOOP => {
+                        DaemonizeError::ProgramNotFound { path, source }
+                    }
+                    _ => DaemonizeError::ExecFailed { path, source },
+                }
+            }
+        }
+    }
+
+    /// Removes the pidfile after a failed start; the launcher still holds the lock.
+    pub(crate) fn remove_pidfile(&self) {
+        if let (Some(path), Some(file)) = (&self.config.pidfile, &self.pidfile) {
+            pidfile::remove(path, file);
+        }
+    }
+}
+
+/// Chowns the output files of `config` to `identity`.
+pub(crate) fn chown_outputs(config: &DaemonConfig, identity: Option<&Identity>) -> Result<(), DaemonizeError> {
+    let Some(id) = identity else { return Ok(()) };
+    for path in [&config.stdout, &config.stderr].into_iter().flatten() {
+        nix::unistd::chown(
+            path.as_path(),
+            Some(nix::unistd::Uid::from_raw(id.ids.uid)),
+            Some(nix::unistd::Gid::from_raw(id.ids.gid)),
+        )
+        .map_err(|e| DaemonizeError::ChownError { path: path.clone(), source: e.into() })?;
+        tracing::debug!(path = %path.display(), uid = id.ids.uid, gid = id.ids.gid, "output file chowned");
+    }
+    Ok(())
+}
+
+/// A C string from bytes already checked for NUL by validation.
+pub(crate) fn cstring(bytes: &[u8]) -> std::ffi::CString {
+    // Validation rejects NUL in every path, argument and variable before this is called; a NUL
+    // here would be a bug, and truncating at it is the least surprising outcome.
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    std::ffi::CString::new(&bytes[..end]).unwrap_or_default()
+}
+
+fn open_devnull() -> Result<OwnedFd, DaemonizeError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|source| DaemonizeError::SystemError { call: "open /dev/null", source })
+}
+
+/// Puts `/dev/null` on any of fds 0–2 that is closed, so that no file the launcher opens
+/// lands there and is later mistaken for stdio.
+fn ensure_stdio_open() -> Result<(), DaemonizeError> {
+    for fd in 0..3 {
+        if !sys::fd_is_open(fd) {
+            // The lowest free number is taken, which is `fd` itself; keep it open for good.
+            let null = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+                .map_err(|source| DaemonizeError::SystemError { call: "open /dev/null", source })?;
+            std::mem::forget(null);
+        }
+    }
+    Ok(())
+}
+
+/// Reaps the intermediate child of a double fork, which exits at once.
+pub(crate) fn reap(child: i32) {
+    let _ = crate::process::waitpid(child);
+}
+
+/// The library's double fork (or, in foreground mode, the setup in place). In the original
+/// process this never returns: it waits for the daemon's report and exits with its outcome.
+pub(crate) fn daemonize_with(config: &DaemonConfig, one_thread: sys::SingleThreaded) -> Result<DaemonContext, DaemonizeError> {
+    let prepared = Prepared::new(config, Chown::Later)?;
+    if prepared.config.foreground {
+        let plan = prepared.plan(None, &[], false);
+        sys::setup_in_place(&plan).map_err(|f| prepared.failure_error(f, None))?;
+        tracing::debug!(pid = std::process::id(), "set up in the foreground");
+        return Ok(prepared.into_context(None, &one_thread));
+    }
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+    let plan = prepared.plan(Some(&write_end), &[], false);
+    tracing::debug!("forking the daemon");
+    match sys::fork_daemon(&plan, &one_thread)? {
+        sys::Side::Launcher { child } => {
+            drop(write_end);
+            reap(child);
+            let code = match wait_for_library_daemon(read_end, &prepared) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("{err}");
+                    prepared.remove_pidfile();
+                    err.exit_code()
+                }
+            };
+            std::process::exit(code)
+        }
+        sys::Side::Daemon => {
+            drop(read_end);
+            tracing::debug!(pid = std::process::id(), "daemon set up");
+            Ok(prepared.into_context(Some(write_end), &one_thread))
+        }
+    }
+}
+
+/// The original process of [`daemonize_with`]: waits for "ready", an error, or end of file.
+fn wait_for_library_daemon(read_end: OwnedFd, prepared: &Prepared) -> Result<(), DaemonizeError> {
+    let mut pid = None;
+    let mut outcome = None;
+    report::read_until_eof(read_end, |record| {
+        match record {
+            report::Record::Pid(p) => pid = Some(p),
+            report::Record::Ready => outcome = Some(Ok(())),
+            report::Record::Status(s) => tracing::info!(status = %s, "daemon status"),
+            report::Record::Failed(f) => outcome = Some(Err(prepared.failure_error(f, None))),
+            report::Record::Error { code, message } => outcome = Some(Err(DaemonizeError::Reported { code, message })),
+        }
+        outcome.is_none()
+    })
+    .map_err(|source| DaemonizeError::SystemError { call: "read from the daemon", source })?;
+    outcome.unwrap_or_else(|| {
+        Err(DaemonizeError::NotReady(match pid {
+            Some(p) => format!("daemon (pid {p}) exited or dropped its context before it was ready"),
+            None => "daemon exited before it started".to_string(),
+        }))
+    })
+}
+
+impl Prepared {
+    /// The daemon's context. Fds the setup closed (stdio sources, `/dev/null`) are forgotten,
+    /// never closed a second time: their numbers may already be reused.
+    fn into_context(self, report: Option<OwnedFd>, one_thread: &sys::SingleThreaded) -> DaemonContext {
+        for (key, value) in &self.config.env {
+            sys::set_env(one_thread, key, value);
+        }
+        let Prepared { config, identity, lockfile, pidfile, devnull, stdout, stderr } = self;
+        if config.close_fds {
+            std::mem::forget(devnull);
+            std::mem::forget(stdout);
+            std::mem::forget(stderr);
+        }
+        DaemonContext {
+            cleanup_on_drop: config.cleanup_on_drop,
+            config,
+            identity,
+            report,
+            pidfile,
+            lockfile,
+            notified: false,
+            signal_ids: Vec::new(),
+        }
+    }
+}
+
+/// Daemonizes the calling process after checking that it runs a single thread (Linux:
+/// `/proc/self/task`); a process with more threads gets [`DaemonizeError::MultiThreaded`].
+///
+/// See [`daemonize`](crate::daemonize) for what happens; this is its safe form.
+pub fn daemonize_checked(config: &DaemonConfig) -> Result<DaemonContext, DaemonizeError> {
+    daemonize_with(config, sys::SingleThreaded::checked()?)
+}

@@ -1,0 +1,120 @@
+//! The `fork` crate's building blocks, which the engine itself is built on.
+//!
+//! They are thin and safe (but for [`fork`]): each is one or two syscalls with errors as
+//! `io::Error`, EINTR retried where a signal could otherwise fail a call spuriously.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::wait::WaitPidFlag;
+use nix::unistd::Pid;
+
+pub use crate::daemon::sys::{Fork, fork};
+
+/// A raw wait status, as `waitpid(2)` reports it; inspect it with [`exited`], [`exit_code`],
+/// [`signaled`] and [`signal`].
+pub type WaitStatus = i32;
+
+fn raw_waitpid(pid: i32, flags: WaitPidFlag) -> io::Result<Option<WaitStatus>> {
+    loop {
+        let mut status: libc::c_int = 0;
+        match crate::daemon::sys::waitpid_raw(pid, &mut status, flags.bits()) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(status)),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Waits for child `pid` to change state and returns its raw status; retries on EINTR.
+pub fn waitpid(pid: i32) -> io::Result<WaitStatus> {
+    raw_waitpid(pid, WaitPidFlag::empty()).map(|s| s.unwrap_or(0))
+}
+
+/// Returns the status of child `pid` if it has exited, `None` if it still runs.
+pub fn waitpid_nohang(pid: i32) -> io::Result<Option<WaitStatus>> {
+    raw_waitpid(pid, WaitPidFlag::WNOHANG)
+}
+
+/// Whether the status is a normal exit.
+pub fn exited(status: WaitStatus) -> bool {
+    libc::WIFEXITED(status)
+}
+
+/// The exit code, if the status is a normal exit.
+pub fn exit_code(status: WaitStatus) -> Option<i32> {
+    exited(status).then(|| libc::WEXITSTATUS(status))
+}
+
+/// Whether the status is a death by signal.
+pub fn signaled(status: WaitStatus) -> bool {
+    libc::WIFSIGNALED(status)
+}
+
+/// The terminating signal, if the status is a death by signal.
+pub fn signal(status: WaitStatus) -> Option<i32> {
+    signaled(status).then(|| libc::WTERMSIG(status))
+}
+
+/// Starts a new session with the calling process as its leader; returns the session id.
+pub fn setsid() -> io::Result<i32> {
+    nix::unistd::setsid().map(Pid::as_raw).map_err(Into::into)
+}
+
+/// The calling process's process group id.
+pub fn getpgrp() -> i32 {
+    nix::unistd::getpgrp().as_raw()
+}
+
+/// The calling process's pid.
+pub fn getpid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// The parent's pid.
+pub fn getppid() -> i32 {
+    nix::unistd::getppid().as_raw()
+}
+
+/// Changes the working directory to `/`.
+pub fn chdir() -> io::Result<()> {
+    nix::unistd::chdir("/").map_err(Into::into)
+}
+
+/// Puts `/dev/null` on stdin, stdout and stderr (EINTR retried). Prefer this to [`close_fd`]:
+/// fds 0–2 stay occupied, so no file opened later lands there by accident.
+pub fn redirect_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    for target in 0..3 {
+        crate::daemon::sys::dup2_retry(null.as_raw_fd(), target)?;
+    }
+    Ok(())
+}
+
+/// Closes stdin, stdout and stderr (EINTR not retried: close must not be). Legacy; see
+/// [`redirect_stdio`].
+pub fn close_fd() -> io::Result<()> {
+    for fd in 0..3 {
+        crate::daemon::sys::close_raw(fd)?;
+    }
+    Ok(())
+}
+
+/// The classic `daemon(3)`: fork, `setsid`, fork, then `chdir("/")` unless `nochdir` and
+/// stdio to `/dev/null` unless `noclose`. Returns [`Fork::Child`] in the daemon; the two
+/// parents `_exit(0)`.
+///
+/// It runs ordinary code in the daemon after the forks, so call it from a single-threaded
+/// process; [`daemonize_checked`](crate::daemonize_checked) is the full-featured form.
+pub fn daemon(nochdir: bool, noclose: bool) -> io::Result<Fork> {
+    crate::daemon::sys::classic_daemon()?;
+    if !nochdir {
+        chdir()?;
+    }
+    if !noclose {
+        redirect_stdio()?;
+    }
+    Ok(Fork::Child)
+}
