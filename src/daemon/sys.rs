@@ -676,9 +676,10 @@ pub(crate) fn dup2_retry(from: RawFd, to: RawFd) -> io::Result<()> {
     if retry(|| unsafe { libc::dup2(from, to) }) == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// `close(2)` of a raw fd number, for the legacy `close_fd`.
+/// `close(2)` of a raw fd number nothing in this crate owns: fds 0-2 for the legacy
+/// `close_fd`, and fds a notify sender passed along unasked.
 pub(crate) fn close_raw(fd: RawFd) -> io::Result<()> {
-    // SAFETY: closing fds 0-2 on request; nothing in this crate holds them as owned fds.
+    // SAFETY: the callers pass fds no OwnedFd or File of this process owns, so no double close.
     if unsafe { libc::close(fd) } == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
