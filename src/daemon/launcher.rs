@@ -126,11 +126,19 @@ impl Launcher {
     }
 
     /// argv, envp and the resolved path, built before the fork.
-    fn exec_plan(&self, program: &Path, prepared: &Prepared, rewrite_listen_pid: bool) -> Result<ExecPlan, DaemonizeError> {
+    fn exec_plan(
+        &self,
+        program: &Path,
+        prepared: &Prepared,
+        rewrite_listen_pid: bool,
+    ) -> Result<ExecPlan, DaemonizeError> {
         let mut argv = Vec::with_capacity(self.args.len() + 1);
         for arg in std::iter::once(&self.program).chain(&self.args) {
             if arg.as_bytes().contains(&0) {
-                return Err(DaemonizeError::invalid(format!("invalid argument `{}`: contains NUL", arg.to_string_lossy())));
+                return Err(DaemonizeError::invalid(format!(
+                    "invalid argument `{}`: contains NUL",
+                    arg.to_string_lossy()
+                )));
             }
             argv.push(cstring(arg.as_bytes()));
         }
@@ -199,7 +207,8 @@ pub(crate) fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<P
         nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).map_err(|e| e as i32)
     };
     if program.as_bytes().contains(&b'/') {
-        let p = std::path::absolute(program).map_err(|e| not_found(program.into(), e.raw_os_error().unwrap_or(libc::ENOENT)))?;
+        let p = std::path::absolute(program)
+            .map_err(|e| not_found(program.into(), e.raw_os_error().unwrap_or(libc::ENOENT)))?;
         return check(&p).map(|()| p).map_err(|errno| not_found(program.into(), errno));
     }
     let default_path = OsStr::new("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");

@@ -13,8 +13,8 @@
 //! The lock is taken before any output file is opened, so that a second start that loses the
 //! race for the lock has truncated nothing.
 
-pub mod control;
 mod context;
+pub mod control;
 pub(crate) mod ids;
 pub mod launcher;
 pub(crate) mod pidfile;
@@ -84,15 +84,8 @@ impl Prepared {
             }
             None => None,
         };
-        let mut prepared = Prepared {
-            devnull: open_devnull()?,
-            stdout: None,
-            stderr: None,
-            config,
-            identity,
-            lockfile,
-            pidfile,
-        };
+        let mut prepared =
+            Prepared { devnull: open_devnull()?, stdout: None, stderr: None, config, identity, lockfile, pidfile };
         let (stdout, stderr) = prepared.open_outputs()?;
         prepared.stdout = stdout;
         prepared.stderr = stderr;
@@ -121,10 +114,9 @@ impl Prepared {
         // One open file for both when they name the same file, so that the two streams share
         // one offset instead of writing over each other.
         let err = match (&self.config.stderr, &self.config.stdout, &out) {
-            (Some(e), Some(o), Some(f)) if e == o => Some(
-                f.try_clone()
-                    .map_err(|source| DaemonizeError::OutputFileError { path: e.clone(), source })?,
-            ),
+            (Some(e), Some(o), Some(f)) if e == o => {
+                Some(f.try_clone().map_err(|source| DaemonizeError::OutputFileError { path: e.clone(), source })?)
+            }
             (Some(e), _, _) => Some(open(e)?),
             _ => None,
         };
@@ -172,7 +164,8 @@ impl Prepared {
         let source = io::Error::from_raw_os_error(failure.errno);
         let c = &self.config;
         let ids = self.identity.as_ref().map(|i| (i.ids.uid, i.ids.gid)).unwrap_or_default();
-        let denied = |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
+        let denied =
+            |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
         match failure.stage {
             Stage::Setsid => DaemonizeError::SetsidFailed(source),
             Stage::Fork => DaemonizeError::ForkFailed(source),
@@ -268,7 +261,10 @@ pub(crate) fn reap(child: i32) {
 
 /// The library's double fork (or, in foreground mode, the setup in place). In the original
 /// process this never returns: it waits for the daemon's report and exits with its outcome.
-pub(crate) fn daemonize_with(config: &DaemonConfig, one_thread: sys::SingleThreaded) -> Result<DaemonContext, DaemonizeError> {
+pub(crate) fn daemonize_with(
+    config: &DaemonConfig,
+    one_thread: sys::SingleThreaded,
+) -> Result<DaemonContext, DaemonizeError> {
     let prepared = Prepared::new(config, Chown::Later)?;
     if prepared.config.foreground {
         let plan = prepared.plan(None, &[], false);

@@ -67,9 +67,7 @@ pub unsafe fn fork() -> io::Result<Fork> {
 /// The process must run exactly one thread: `fork` copies only the calling thread, and the
 /// daemon goes on to run ordinary code (allocation, locks) that another thread's held locks
 /// would deadlock. [`daemonize_checked`](crate::daemonize_checked) checks this instead.
-pub unsafe fn daemonize(
-    config: &crate::DaemonConfig,
-) -> Result<crate::DaemonContext, DaemonizeError> {
+pub unsafe fn daemonize(config: &crate::DaemonConfig) -> Result<crate::DaemonContext, DaemonizeError> {
     // SAFETY: the caller promises one thread, as this function's contract requires.
     crate::daemon::daemonize_with(config, unsafe { SingleThreaded::promised() })
 }
