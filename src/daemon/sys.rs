@@ -205,6 +205,8 @@ pub(crate) struct ChildPlan {
     /// Sorted fds above 2 that survive the close (includes `inherit`, `report`, targets of `moves`).
     pub keep: Vec<RawFd>,
     pub close_fds: bool,
+    /// Put the program in a process group of its own (`--signal-group`).
+    pub new_pgrp: bool,
     pub ids: Option<Ids>,
     pub exec: Option<ExecPlan>,
     /// `SIGRTMAX`, read before the fork.
@@ -428,6 +430,10 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         report_pid(plan.report, pid).map_err(|errno| Failure { stage: Stage::Fds, errno })?;
     }
     reset_signals(plan.sigmax);
+    if plan.new_pgrp {
+        // SAFETY: setpgid on ourselves.
+        check(unsafe { libc::setpgid(0, 0) }, Stage::Fds)?;
+    }
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(plan.umask) };
     // SAFETY: chdir reads a NUL-terminated path.
@@ -696,6 +702,67 @@ pub(crate) fn classic_daemon() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Takes ownership of fd `n`, which this process was handed by its supervisor (the s6
+/// notification fd): fails with EBADF when it is not open.
+pub(crate) fn take_fd(n: RawFd) -> io::Result<OwnedFd> {
+    if !fd_is_open(n) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fd n is open, and conjure holds it as no other File or OwnedFd: it is the fd
+    // the supervisor passed for this purpose, and this is its only owner from now on.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Puts `/dev/null` at fd `n` if `n` is free, so that no file opened until the fork lands on
+/// the number a readiness fd must take in the child. `Ok(None)` when `n` is already in use.
+pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
+    if fd_is_open(n) {
+        return Ok(None);
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
+    // thread that opens fds at this point of a launch).
+    if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd n was just created by dup3 and is owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(n) }))
+}
+
+/// Sets the disposition of `signal` to default, unblocks it and raises it: a resident conjure
+/// dies of the signal its program died of, so its own parent sees the same death.
+pub(crate) fn die_of(signal: i32) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: valid pointers; no old action asked for.
+    if unsafe { libc::sigaction(signal, &dfl, std::ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut set = SigSet::empty();
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        set.add(sig);
+    }
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
+    nix::sys::signal::raise(nix::sys::signal::Signal::try_from(signal)?)?;
+    Ok(())
+}
+
+/// Forks the calling process into a detached copy in a new session: `Ok(Some(pid))` in the
+/// original process, `Ok(None)` in the copy. Refuses a multi-threaded process, since the copy
+/// goes on to run ordinary code.
+pub(crate) fn detach() -> io::Result<Option<i32>> {
+    let _one_thread = SingleThreaded::checked().map_err(io::Error::from)?;
+    // SAFETY: one thread (checked above), so the child may run any code.
+    match unsafe { fork() }? {
+        Fork::Parent(pid) => Ok(Some(pid)),
+        Fork::Child => {
+            nix::unistd::setsid()?;
+            Ok(None)
+        }
+    }
 }
 
 /// Whether `fd` is an open file descriptor of this process.

@@ -186,7 +186,16 @@ mod tests {
 
     #[test]
     fn sources_parse_and_print_back() {
-        for text in ["exec", "notify", "fd:3", "tcp:127.0.0.1:8080", "tcp:[::1]:80", "unix:/run/x.sock", "file:/tmp/r", "cmd:true"] {
+        for text in [
+            "exec",
+            "notify",
+            "fd:3",
+            "tcp:127.0.0.1:8080",
+            "tcp:[::1]:80",
+            "unix:/run/x.sock",
+            "file:/tmp/r",
+            "cmd:true",
+        ] {
             let s: Source = text.parse().unwrap();
             assert_eq!(s.to_string(), text);
         }
@@ -196,7 +205,9 @@ mod tests {
 
     #[test]
     fn bad_sources_say_why() {
-        for bad in ["", "nope", "fd:", "fd:2", "fd:x", "tcp:host", "tcp:host:0", "tcp::80", "unix:", "file:", "cmd:", "exec:1"] {
+        for bad in
+            ["", "nope", "fd:", "fd:2", "fd:x", "tcp:host", "tcp:host:0", "tcp::80", "unix:", "file:", "cmd:", "exec:1"]
+        {
             let err = bad.parse::<Source>().unwrap_err();
             assert!(err.starts_with("invalid readiness source"), "{bad}: {err}");
         }

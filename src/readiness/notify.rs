@@ -81,12 +81,8 @@ pub(crate) struct NotifyHost {
 impl NotifyHost {
     /// Binds a fresh abstract datagram socket with `SO_PASSCRED` on.
     pub(crate) fn bind() -> io::Result<NotifyHost> {
-        let socket = socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-            None,
-        )?;
+        let socket =
+            socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
         setsockopt(&socket, sockopt::PassCred, &true)?;
         let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let name = format!("conjure/notify/{}/{:x}", std::process::id(), nonce);
@@ -217,7 +213,16 @@ mod tests {
 
     #[test]
     fn parse_survives_garbage() {
-        for bytes in [&b""[..], b"\n\n\n", b"READY", b"READY=0", b"=\xff\xfe", b"STATUS=\xff\xfe", b"EXTEND_TIMEOUT_USEC=x", b"ERRNO=99999999999"] {
+        for bytes in [
+            &b""[..],
+            b"\n\n\n",
+            b"READY",
+            b"READY=0",
+            b"=\xff\xfe",
+            b"STATUS=\xff\xfe",
+            b"EXTEND_TIMEOUT_USEC=x",
+            b"ERRNO=99999999999",
+        ] {
             let m = parse(bytes);
             assert!(!m.ready);
         }

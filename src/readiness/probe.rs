@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// First delay between probes.
 const FIRST: Duration = Duration::from_millis(2);
 /// Longest delay between probes.
-const CAP: Duration = Duration::from_millis(250);
+const CAP: Duration = Duration::from_millis(100);
 /// Longest a single TCP connect may take before it counts as "not yet".
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -53,12 +53,7 @@ pub(crate) fn unix(path: &Path) -> bool {
 /// Starts one run of a `cmd:` check: `sh -c COMMAND`, stdin and stdout on `/dev/null`,
 /// stderr inherited so that its complaints reach the operator.
 pub(crate) fn spawn_check(command: &str) -> io::Result<Child> {
-    Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
+    Command::new("/bin/sh").arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).spawn()
 }
 
 /// Stops a check command that outlived its use, and reaps it.

@@ -19,7 +19,7 @@ use crate::daemon::report::{Decoder, Record};
 use crate::daemon::sys::{self, Failure};
 use crate::error::DaemonizeError;
 use crate::readiness::Source;
-use crate::readiness::notify::{self, Message, NotifyHost};
+use crate::readiness::notify::{self, NotifyHost};
 use crate::readiness::probe::{self, Backoff};
 
 /// A source with what it needs set up before the fork (socket bound, pipe made).
@@ -40,14 +40,16 @@ impl Armed {
         Ok(match source {
             Source::Exec => Armed::Exec,
             Source::Notify => Armed::Notify(
-                NotifyHost::bind().map_err(|source| DaemonizeError::SystemError { call: "binding the notify socket", source })?,
+                NotifyHost::bind()
+                    .map_err(|source| DaemonizeError::SystemError { call: "binding the notify socket", source })?,
             ),
             Source::Fd(n) => {
                 let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                     .map_err(|e| DaemonizeError::sys("pipe2", e))?;
                 // The program's end must block like any ordinary pipe.
                 let flags = nix::fcntl::OFlag::from_bits_truncate(
-                    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| DaemonizeError::sys("fcntl", e))?,
+                    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETFL)
+                        .map_err(|e| DaemonizeError::sys("fcntl", e))?,
                 );
                 nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))
                     .map_err(|e| DaemonizeError::sys("fcntl", e))?;
@@ -127,8 +129,8 @@ pub(crate) enum NotReady {
 /// Something the caller may want to act on while waiting: relay to the supervisor, log.
 #[derive(Debug)]
 pub(crate) enum Progress<'a> {
-    /// A notify datagram from the program, parsed, and its raw bytes.
-    Notify(&'a Message, &'a [u8]),
+    /// A notify datagram from the program, as it came.
+    Notify(&'a [u8]),
 }
 
 /// The program being waited for.
@@ -148,12 +150,16 @@ pub(crate) struct Waiter {
 }
 
 impl Waiter {
-    /// Watches `pid` (our child, or adopted as its subreaper) whose report pipe is `report`.
-    pub(crate) fn new(pid: i32, report: Option<OwnedFd>, timeout: Option<Duration>) -> Result<Waiter, DaemonizeError> {
-        let pidfd = sys::pidfd_open(pid).map_err(|source| DaemonizeError::SystemError { call: "pidfd_open", source })?;
-        Ok(Waiter {
-            pid,
-            pidfd,
+    /// Watches the program behind the report pipe `report`: `pid` when known (our child),
+    /// else learnt from the pipe's first record (the grandchild, adopted as its subreaper).
+    pub(crate) fn new(
+        pid: Option<i32>,
+        report: Option<OwnedFd>,
+        timeout: Option<Duration>,
+    ) -> Result<Waiter, DaemonizeError> {
+        let mut w = Waiter {
+            pid: 0,
+            pidfd: None,
             report,
             decoder: Decoder::default(),
             deadline: timeout.map(|t| Instant::now() + t),
@@ -161,7 +167,24 @@ impl Waiter {
             next_probe: None,
             errno: None,
             status: None,
-        })
+        };
+        if let Some(pid) = pid {
+            w.watch(pid).map_err(|e| match e {
+                NotReady::Error(e) => e,
+                _ => DaemonizeError::invalid("unexpected"),
+            })?;
+        }
+        Ok(w)
+    }
+
+    fn watch(&mut self, pid: i32) -> Result<(), NotReady> {
+        if self.pid == pid {
+            return Ok(());
+        }
+        self.pid = pid;
+        self.pidfd = sys::pidfd_open(pid)
+            .map_err(|source| NotReady::Error(DaemonizeError::SystemError { call: "pidfd_open", source }))?;
+        Ok(())
     }
 
     /// The program's pidfd, for the caller to signal through after waiting.
@@ -202,15 +225,19 @@ impl Waiter {
             });
             let wake = [self.deadline, self.next_probe.filter(|_| exec_done)].into_iter().flatten().min();
             // Without a pidfd (kernels before 5.3), death is noticed by checking every 100 ms.
-            let wake = if self.pidfd.is_none() {
-                Some(wake.map_or(Instant::now() + Duration::from_millis(100), |w| w.min(Instant::now() + Duration::from_millis(100))))
+            let wake = if self.pidfd.is_none() && self.pid > 0 {
+                Some(wake.map_or(Instant::now() + Duration::from_millis(100), |w| {
+                    w.min(Instant::now() + Duration::from_millis(100))
+                }))
             } else {
                 wake
             };
             let timeout = match wake {
                 None => PollTimeout::NONE,
                 Some(w) => {
-                    let ms = w.saturating_duration_since(Instant::now()).as_millis().div_ceil(1).min(i32::MAX as u128);
+                    // Rounded up, so that poll never wakes a hair before the deadline and spins.
+                    let ms =
+                        w.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(i32::MAX as u128);
                     PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
                 }
             };
@@ -218,9 +245,7 @@ impl Waiter {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(NotReady::Error(DaemonizeError::sys("poll", e))),
             }
-            let ready = |i: Option<usize>| {
-                i.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty())
-            };
+            let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty());
             let (report_ready, pid_ready, source_ready, extra_ready) =
                 (ready(report_idx), ready(pidfd_idx), ready(source_idx), ready(extra_idx));
             drop(fds);
@@ -236,7 +261,7 @@ impl Waiter {
             if source_ready && self.handle_source(source, &mut on_progress)? {
                 return Ok(());
             }
-            if pid_ready || self.pidfd.is_none() {
+            if self.pid > 0 && (pid_ready || self.pidfd.is_none()) {
                 if let Some(how) = self.exited() {
                     return Err(NotReady::Died(how));
                 }
@@ -266,10 +291,14 @@ impl Waiter {
         }
         self.decoder.feed(&buf[..n]);
         while let Some(record) = self.decoder.next().map_err(io_err)? {
-            if let Record::Failed(f) = record {
-                // Reap it now, so that no zombie stays behind.
-                let _ = self.exited();
-                return Err(NotReady::ExecFailed(f));
+            match record {
+                Record::Pid(p) => self.watch(p)?,
+                Record::Failed(f) => {
+                    // Reap it now, so that no zombie stays behind.
+                    let _ = self.exited();
+                    return Err(NotReady::ExecFailed(f));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -317,7 +346,9 @@ impl Waiter {
                     }
                 }
             }
-            Armed::Exec | Armed::Notify(_) | Armed::Fd { .. } => {
+            // exec'd is all the exec source asks for.
+            Armed::Exec => return Ok(true),
+            Armed::Notify(_) | Armed::Fd { .. } => {
                 self.next_probe = Some(Instant::now() + Duration::from_secs(86400 * 365));
             }
         }
@@ -325,14 +356,22 @@ impl Waiter {
     }
 
     /// Handles the source's fd becoming readable. `true` when ready.
-    fn handle_source(&mut self, source: &mut Armed, on_progress: &mut impl FnMut(Progress<'_>)) -> Result<bool, NotReady> {
+    fn handle_source(
+        &mut self,
+        source: &mut Armed,
+        on_progress: &mut impl FnMut(Progress<'_>),
+    ) -> Result<bool, NotReady> {
         match source {
             Armed::Notify(host) => {
                 let mut ready = false;
                 while let Some(d) = host.recv().map_err(io_err)? {
                     let Some(sender) = d.pid else { continue };
                     if !notify::is_descendant(sender, self.pid) {
-                        tracing::debug!(sender, program = self.pid, "ignoring a notify datagram from outside the program");
+                        tracing::debug!(
+                            sender,
+                            program = self.pid,
+                            "ignoring a notify datagram from outside the program"
+                        );
                         continue;
                     }
                     let m = notify::parse(&d.bytes);
@@ -347,7 +386,7 @@ impl Waiter {
                     if let Some(s) = &m.status {
                         self.status = Some(s.clone());
                     }
-                    on_progress(Progress::Notify(&m, &d.bytes));
+                    on_progress(Progress::Notify(&d.bytes));
                     ready |= m.ready;
                 }
                 Ok(ready)
@@ -358,7 +397,8 @@ impl Waiter {
                     Ok(0) => {
                         tracing::debug!(fd = *target, "the program closed its readiness fd without a newline");
                         // Keep it out of the poll set: replace it by a pipe nobody writes to.
-                        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NotReady::Error(DaemonizeError::sys("pipe2", e)))?;
+                        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                            .map_err(|e| NotReady::Error(DaemonizeError::sys("pipe2", e)))?;
                         std::mem::forget(w);
                         *read = r;
                         Ok(false)
@@ -375,20 +415,19 @@ impl Waiter {
                 let _ = inotify.read_events();
                 Ok(path.exists())
             }
-            Armed::Cmd { running: Some((child, _)), .. } => match child.try_wait() {
-                Ok(Some(status)) => {
-                    self.next_probe = None.or(self.next_probe);
-                    let ok = status.success();
-                    if let Armed::Cmd { running, .. } = source {
+            Armed::Cmd { running, .. } => {
+                let Some((child, _)) = running.as_mut() else { return Ok(false) };
+                match child.try_wait() {
+                    Ok(Some(status)) => {
                         *running = None;
+                        if !status.success() {
+                            tracing::debug!(%status, "readiness command not yet successful");
+                        }
+                        Ok(status.success())
                     }
-                    if !ok {
-                        tracing::debug!(%status, "readiness command not yet successful");
-                    }
-                    Ok(ok)
+                    _ => Ok(false),
                 }
-                _ => Ok(false),
-            },
+            }
             _ => Ok(false),
         }
     }
@@ -409,9 +448,17 @@ impl Waiter {
 
     /// Stops the program: TERM, then KILL after `grace`; reaps it.
     pub(crate) fn stop(&mut self, grace: Duration) {
-        let signal = |sig: i32| match &self.pidfd {
+        if self.pid <= 0 {
+            return;
+        }
+        let pidfd = self.pidfd.as_ref().map(|f| f.try_clone()).transpose().ok().flatten();
+        let pid = self.pid;
+        let signal = |sig: i32| match &pidfd {
             Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig).is_ok(),
-            None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::try_from(sig).ok()).is_ok(),
+            None => {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::try_from(sig).ok())
+                    .is_ok()
+            }
         };
         if !signal(libc::SIGTERM) {
             let _ = self.exited();
