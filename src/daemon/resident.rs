@@ -13,7 +13,7 @@
 //! signalfd and everything waits in one `poll` without a timeout, so idle conjure makes no
 //! wakeups.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -109,12 +109,13 @@ impl Resident<'_> {
             self.prepared.remove_pidfile();
             return Err(e);
         }
-        sink::ready(self.sink, None, waiter.status.as_deref())?;
+        // Relayed status lines already reached the supervisor; others ride along with READY=1.
+        sink::ready(self.sink, None, if relay { None } else { waiter.status.as_deref() })?;
         let notify_host = match &self.armed {
             Armed::Notify(host) => Some(host),
             _ => None,
         };
-        let ended = supervise(pid, target, &signals, notify_host, relay, waiter.pidfd());
+        let ended = supervise(pid, target, &signals, notify_host, relay, waiter.reaped);
         self.prepared.remove_pidfile();
         Ok(ended)
     }
@@ -140,9 +141,9 @@ fn supervise(
     signals: &SignalFd,
     notify_host: Option<&notify::NotifyHost>,
     relay: bool,
-    _pidfd: Option<&OwnedFd>,
+    already: Option<crate::process::WaitStatus>,
 ) -> Outcome {
-    let mut ended: Option<crate::process::WaitStatus> = None;
+    let mut ended = already;
     loop {
         // Zombies that died while conjure waited for readiness sent their SIGCHLD then.
         let (program, none_left) = reap_all(pid);

@@ -147,6 +147,8 @@ pub(crate) struct Waiter {
     pub errno: Option<i32>,
     /// The last `STATUS=` the program sent.
     pub status: Option<String>,
+    /// The program's wait status, once it was reaped here.
+    pub reaped: Option<crate::process::WaitStatus>,
 }
 
 impl Waiter {
@@ -167,6 +169,7 @@ impl Waiter {
             next_probe: None,
             errno: None,
             status: None,
+            reaped: None,
         };
         if let Some(pid) = pid {
             w.watch(pid).map_err(|e| match e {
@@ -185,11 +188,6 @@ impl Waiter {
         self.pidfd = sys::pidfd_open(pid)
             .map_err(|source| NotReady::Error(DaemonizeError::SystemError { call: "pidfd_open", source }))?;
         Ok(())
-    }
-
-    /// The program's pidfd, for the caller to signal through after waiting.
-    pub(crate) fn pidfd(&self) -> Option<&OwnedFd> {
-        self.pidfd.as_ref()
     }
 
     /// Waits until `source` says ready, or why it will not. `extra` is one more fd to watch
@@ -257,12 +255,25 @@ impl Waiter {
             }
             if report_ready {
                 self.read_report()?;
+                // The exec source is satisfied by the exec alone, even if the program then
+                // exited in the same instant.
+                if self.report.is_none() && matches!(source, Armed::Exec) {
+                    return Ok(());
+                }
             }
             if source_ready && self.handle_source(source, &mut on_progress)? {
                 return Ok(());
             }
             if self.pid > 0 && (pid_ready || self.pidfd.is_none()) {
                 if let Some(how) = self.exited() {
+                    // Its end of the report pipe is closed now: what is left in it is all.
+                    while self.report.is_some() {
+                        self.read_report()?;
+                    }
+                    if matches!(source, Armed::Exec) {
+                        // Exec'd, then exited: the exec source is satisfied all the same.
+                        return Ok(());
+                    }
                     return Err(NotReady::Died(how));
                 }
             }
@@ -434,8 +445,14 @@ impl Waiter {
 
     /// Whether the program has exited; reaps it and says how.
     fn exited(&mut self) -> Option<String> {
+        if let Some(status) = self.reaped {
+            return Some(describe_status(status));
+        }
         match crate::process::waitpid_nohang(self.pid) {
-            Ok(Some(status)) => Some(describe_status(status)),
+            Ok(Some(status)) => {
+                self.reaped = Some(status);
+                Some(describe_status(status))
+            }
             Ok(None) => None,
             Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
                 // Not our child (no subreaper): the pidfd still says it is gone.
