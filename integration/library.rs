@@ -408,3 +408,16 @@ fn library_privileges_are_dropped_and_output_files_chowned() {
     wait_for_content(&out, "libdaemon out\nlibdaemon err\n");
     assert!(lock_is_held(&pidfile));
 }
+
+/// Regression: the daemon's setup closed the report pipe's read end, and `daemonize` then
+/// closed it again as an `OwnedFd`, which debug builds abort on ("IO Safety violation"): every
+/// library daemon died before it could say it was ready, and its launcher exited 70.
+#[test]
+fn library_daemon_does_not_close_the_report_pipes_read_end_twice() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = lib(argv!["--pidfile", &pidfile, "ready"]).expect_success();
+    assert_eq!(out.stderr, "", "the launcher should be silent on success");
+    let daemon = Daemon::from_pidfile(&pidfile);
+    assert!(daemon.proc().alive());
+}

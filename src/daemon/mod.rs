@@ -291,7 +291,13 @@ pub(crate) fn daemonize_with(
             std::process::exit(code)
         }
         sys::Side::Daemon => {
-            drop(read_end);
+            // The setup closed every fd it did not keep, the read end among them: closing it
+            // again would close whatever reused the number (debug builds abort on the EBADF).
+            if prepared.config.close_fds {
+                std::mem::forget(read_end);
+            } else {
+                drop(read_end);
+            }
             tracing::debug!(pid = std::process::id(), "daemon set up");
             Ok(prepared.into_context(Some(write_end), &one_thread))
         }
