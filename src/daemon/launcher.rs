@@ -81,12 +81,12 @@ impl Launcher {
             return Err(prepared.failure_error(failure, Some(&program)));
         }
 
-        let (read_end, write_end) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
         let mut plan = prepared.plan(Some(&write_end), &listen_fds, true);
         plan.exec = Some(exec);
         tracing::debug!("forking");
-        let spawned = sys::spawn(&mut plan, true)?;
+        let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
         reap(spawned.child);
 

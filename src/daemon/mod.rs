@@ -196,6 +196,12 @@ impl Prepared {
         }
     }
 
+    /// Removes the pidfile after a failure before anything was started, and passes the error on.
+    pub(crate) fn abandon(&self, err: DaemonizeError) -> DaemonizeError {
+        self.remove_pidfile();
+        err
+    }
+
     /// Removes the pidfile after a failed start; the launcher still holds the lock.
     pub(crate) fn remove_pidfile(&self) {
         if let (Some(path), Some(file)) = (&self.config.pidfile, &self.pidfile) {
@@ -272,11 +278,11 @@ pub(crate) fn daemonize_with(
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
     let plan = prepared.plan(Some(&write_end), &[], false);
     tracing::debug!("forking the daemon");
-    match sys::fork_daemon(&plan, &one_thread)? {
+    match sys::fork_daemon(&plan, &one_thread).map_err(|e| prepared.abandon(e))? {
         sys::Side::Launcher { child } => {
             drop(write_end);
             reap(child);
