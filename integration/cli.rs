@@ -565,3 +565,22 @@ pub fn nobody_groups() -> Vec<u32> {
     g.sort();
     g
 }
+
+/// Regression: glibc's `posix_spawn`, used by a multi-threaded parent such as this test (Rust's
+/// `Command`), starts the child with the signals glibc reserves (32 and 33) ignored, and
+/// `sigaction(3)` refuses to touch them, so conjure handed them on to the program ignored.
+#[test]
+fn daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn() {
+    let s = Scratch::new();
+    let (pidfile, report) = (s.join("d.pid"), s.join("report"));
+    wrapped(argv!["--report", &report], argv!["-p", &pidfile, "--", "sleep", "60"]).expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    let ign = u64::from_str_radix(&reported(&wait_for_file(&report), "SigIgn"), 16).unwrap();
+    if ign & (sigbit(32) | sigbit(33)) == 0 {
+        eprintln!(
+            "SKIPPED: daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn: the launcher did not start with signals 32 and 33 ignored here"
+        );
+        return;
+    }
+    assert_eq!(daemon.proc().sigset("SigIgn"), 0, "the daemon inherited ignored reserved signals");
+}
