@@ -151,7 +151,7 @@ struct Start {
     #[arg(short = 'v', long = "verbose")]
     verbose: bool,
     /// The program and its arguments.
-    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
     command: Vec<OsString>,
 }
 

@@ -239,7 +239,7 @@ impl Launcher {
         if resident {
             prepared.write_own_pid()?;
             plan.pidfile = -1;
-            return Resident {
+            let ended = Resident {
                 prepared: &mut prepared,
                 plan,
                 armed,
@@ -250,6 +250,10 @@ impl Launcher {
                 program: &program,
             }
             .run();
+            if ended.is_err() {
+                prepared.remove_pidfile();
+            }
+            return ended;
         }
 
         if foreground {
@@ -267,8 +271,8 @@ impl Launcher {
         }
 
         if sink == Sink::Pidfile {
-            if let Some(watcher) =
-                sys::detach().map_err(|source| DaemonizeError::SystemError { call: "fork", source })?
+            if let Some(watcher) = sys::detach()
+                .map_err(|source| prepared.abandon(DaemonizeError::SystemError { call: "fork", source }))?
             {
                 tracing::debug!(watcher, "detached; the watcher publishes the pidfile when ready");
                 return Ok(Outcome::Detached { watcher });
@@ -278,14 +282,14 @@ impl Launcher {
             // Adopt the daemon when the intermediate child exits, so that its death is ours to
             // see, with its status.
             nix::sys::prctl::set_child_subreaper(true)
-                .map_err(|e| DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+                .map_err(|e| prepared.abandon(DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e)))?;
         }
-        let (read_end, write_end) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
         plan.report = std::os::fd::AsRawFd::as_raw_fd(&write_end);
         plan.seal();
         tracing::debug!("forking");
-        let spawned = sys::spawn(&mut plan, true)?;
+        let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
         armed.forked();
         reap(spawned.child);

@@ -231,6 +231,12 @@ impl Prepared {
         }
     }
 
+    /// Removes the pidfile after a failure before anything was started, and passes the error on.
+    pub(crate) fn abandon(&self, err: DaemonizeError) -> DaemonizeError {
+        self.remove_pidfile();
+        err
+    }
+
     /// Removes the pidfile (or its temporary file) after a failed start; the launcher still
     /// holds the lock.
     pub(crate) fn remove_pidfile(&self) {
@@ -340,11 +346,11 @@ pub(crate) fn daemonize_with(
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
     let plan = prepared.plan(Some(&write_end), &sink_fd, false);
     tracing::debug!("forking the daemon");
-    match sys::fork_daemon(&plan, &one_thread)? {
+    match sys::fork_daemon(&plan, &one_thread).map_err(|e| prepared.abandon(e))? {
         sys::Side::Launcher { child } => {
             drop(write_end);
             reap(child);
@@ -359,7 +365,13 @@ pub(crate) fn daemonize_with(
             std::process::exit(code)
         }
         sys::Side::Daemon => {
-            drop(read_end);
+            // The setup closed every fd it did not keep, the read end among them: closing it
+            // again would close whatever reused the number (debug builds abort on the EBADF).
+            if prepared.config.close_fds {
+                std::mem::forget(read_end);
+            } else {
+                drop(read_end);
+            }
             tracing::debug!(pid = std::process::id(), "daemon set up");
             Ok(prepared.into_context(Some(write_end), &one_thread))
         }

@@ -311,8 +311,10 @@ fn reset_signals(sigmax: libc::c_int) {
             continue;
         }
         // SAFETY: `dfl` is a valid sigaction; the old action is not asked for. Signals the C
-        // library reserves for itself answer EINVAL, which is ignored on purpose.
-        unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+        // library reserves for itself answer EINVAL; see `unignore_reserved`.
+        if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } == -1 {
+            unignore_reserved(sig);
+        }
     }
     // SAFETY: an empty set, then sigprocmask with a valid pointer and no old set.
     unsafe {
@@ -320,6 +322,66 @@ fn reset_signals(sigmax: libc::c_int) {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
+}
+
+/// The kernel's `struct sigaction` on the architectures whose layout is the generic one.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+))]
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Resets a signal the C library reserves for itself (glibc: 32 and 33) from SIG_IGN to
+/// SIG_DFL, through the raw system call, since `sigaction(3)` refuses them.
+///
+/// glibc's `posix_spawn` sets them to SIG_IGN in the child when the parent is multi-threaded;
+/// a launcher started that way (by a Rust `Command`, for one) would otherwise hand them on to
+/// the program ignored. A reserved signal with a handler belongs to the C library and is left
+/// alone, so the library's own daemon, which keeps running on the same C library, is not
+/// disturbed. Async-signal-safe: two raw syscalls on stack values.
+fn unignore_reserved(sig: libc::c_int) {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        const SIGSET_SIZE: usize = 8;
+        let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction with no new action and a valid out-pointer of the kernel's layout.
+        let r = unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, SIGSET_SIZE)
+        };
+        if r == 0 && old.handler == libc::SIG_IGN {
+            let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+            // SAFETY: rt_sigaction with a valid SIG_DFL action of the kernel's layout.
+            unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), SIGSET_SIZE)
+            };
+        }
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )))]
+    let _ = sig;
 }
 
 /// Closes every fd from `lo` to `hi` inclusive.
