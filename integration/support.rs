@@ -36,8 +36,35 @@ pub fn example_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let deps = exe.parent().expect("test binary has a directory");
     let path = deps.parent().expect("deps has a parent").join("examples").join(name);
-    assert!(path.exists(), "helper {} is missing; run through `cargo test`, which builds examples", path.display());
+    assert!(path.exists(), "helper {} is missing; run `cargo test`, which builds examples", path.display());
+    assert_fresh(&path, name);
     path
+}
+
+/// `cargo test --test integration` builds the test and the binary but not the examples, so a
+/// helper can be older than the library it links: fail loudly instead of testing old code.
+fn assert_fresh(helper: &Path, name: &str) {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut t = std::time::SystemTime::UNIX_EPOCH;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
+            t = t.max(m);
+        }
+        t
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest(&root.join("src")).max(
+        std::fs::metadata(root.join("integration/helpers").join(format!("{name}.rs")))
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+    );
+    let built = std::fs::metadata(helper).and_then(|m| m.modified()).expect("helper mtime");
+    assert!(
+        built >= sources,
+        "helper {} is older than its sources; run `cargo test` (which builds examples) or `cargo build --examples`",
+        helper.display()
+    );
 }
 
 /// `testprog`'s path.
