@@ -213,8 +213,9 @@ impl DaemonConfig {
     /// the current directory, so that the daemon's `chdir` cannot change what they name.
     pub(crate) fn resolved(&self) -> Result<DaemonConfig, DaemonizeError> {
         let mut c = self.clone();
-        let cwd = std::env::current_dir()
-            .map_err(|e| DaemonizeError::invalid(format!("cannot read the current directory: {}", crate::error::why(&e))))?;
+        let cwd = std::env::current_dir().map_err(|e| {
+            DaemonizeError::invalid(format!("cannot read the current directory: {}", crate::error::why(&e)))
+        })?;
         let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
         c.pidfile = c.pidfile.as_deref().map(abs);
         c.lockfile = c.lockfile.as_deref().map(abs);

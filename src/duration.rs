@@ -28,6 +28,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration `{text}`: out of range"))
 }
 
+/// Formats a duration the way [`parse_duration`] reads it: `90s`, `500ms`, `1.5s`.
+pub(crate) fn format(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{}s", format!("{:.3}", d.as_secs_f64()).trim_end_matches('0'))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +51,8 @@ mod tests {
         assert!(parse_duration("10x").unwrap_err().contains("unknown unit `x`"));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("s").is_err());
+        assert_eq!(format(Duration::from_secs(90)), "90s");
+        assert_eq!(format(Duration::from_millis(250)), "250ms");
+        assert_eq!(format(Duration::from_millis(1500)), "1.5s");
     }
 }

@@ -49,7 +49,7 @@ pub mod readiness;
 
 pub use config::DaemonConfig;
 pub use daemon::control;
-pub use daemon::launcher::{Launcher, Started};
+pub use daemon::launcher::{DEFAULT_KILL_AFTER, DEFAULT_READY_TIMEOUT, Launcher, Outcome};
 pub use daemon::sys::daemonize;
 pub use daemon::{DaemonContext, daemonize_checked};
 pub use duration::parse_duration;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use conjure::control::{self, Stopped};
-use conjure::{DaemonConfig, DaemonizeError, Launcher, exit};
+use conjure::readiness::{SinkChoice, Source};
+use conjure::{DaemonConfig, DaemonizeError, Launcher, Outcome, exit};
 use nix::sys::signal::Signal;
 
 const AFTER_HELP: &str = "\
@@ -124,6 +125,25 @@ struct Start {
     /// Keep fd N open in the daemon (repeatable); LISTEN_FDS fds are kept without asking.
     #[arg(long = "keep-fd", value_name = "N")]
     keep_fd: Vec<i32>,
+    /// How conjure learns the program is ready: exec, notify, fd:N, tcp:HOST:PORT, unix:PATH,
+    /// file:PATH or cmd:COMMAND.
+    #[arg(long = "ready-on", value_name = "SOURCE", default_value = "exec")]
+    ready_on: Source,
+    /// How the supervisor hears it: auto, pipe, notify, pidfile or fd:N.
+    #[arg(long = "readiness", value_name = "SINK", default_value = "auto")]
+    readiness: SinkChoice,
+    /// Give up on readiness after this long and stop the program (0: wait forever).
+    #[arg(long = "ready-timeout", value_name = "DUR", default_value = "90s", value_parser = conjure::parse_duration)]
+    ready_timeout: Duration,
+    /// Grace between TERM and KILL when stopping a program that did not become ready.
+    #[arg(long = "kill-after", value_name = "DUR", default_value = "5s", value_parser = conjure::parse_duration)]
+    kill_after: Duration,
+    /// Stay resident as the program's parent: forward signals, reap, relay sd_notify (needs -f).
+    #[arg(long = "supervise")]
+    supervise: bool,
+    /// Resident: forward signals to the program's process group, not just the program.
+    #[arg(long = "signal-group")]
+    signal_group: bool,
     /// Set an environment variable (repeatable).
     #[arg(short = 'E', long = "env", value_name = "NAME=VAL", value_parser = parse_env)]
     env: Vec<(OsString, OsString)>,
@@ -131,7 +151,7 @@ struct Start {
     #[arg(short = 'v', long = "verbose")]
     verbose: bool,
     /// The program and its arguments.
-    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
     command: Vec<OsString>,
 }
 
@@ -200,7 +220,17 @@ fn main() -> ExitCode {
         None => {
             init_tracing(cli.start.verbose);
             match start(cli.start) {
-                Ok(()) => 0,
+                Ok(Outcome::Ready { .. } | Outcome::Detached { .. }) => 0,
+                Ok(Outcome::Exited(code)) => code,
+                Ok(Outcome::Killed(signal)) => {
+                    // Die of the same signal, so that our parent sees what the program's would
+                    // have; PID 1 cannot, and says 128+N instead.
+                    if std::process::id() != 1 {
+                        let _ = conjure::process::die_of(signal);
+                    }
+                    128 + signal
+                }
+                Ok(_) => 0,
                 Err(err) => report(&err),
             }
         }
@@ -213,7 +243,7 @@ fn report(err: &DaemonizeError) -> i32 {
     err.exit_code()
 }
 
-fn start(args: Start) -> Result<(), DaemonizeError> {
+fn start(args: Start) -> Result<Outcome, DaemonizeError> {
     let mut config = DaemonConfig::new();
     config
         .chdir(args.chdir)
@@ -251,8 +281,13 @@ fn start(args: Start) -> Result<(), DaemonizeError> {
     let mut command = args.command.into_iter();
     let program = command.next().unwrap_or_default();
     let mut launcher = Launcher::new(config, program);
-    launcher.args(command);
-    let started = launcher.run()?;
-    tracing::debug!(pid = started.pid, "ready");
-    Ok(())
+    launcher
+        .args(command)
+        .ready_on(args.ready_on)
+        .readiness(args.readiness)
+        .ready_timeout((!args.ready_timeout.is_zero()).then_some(args.ready_timeout))
+        .kill_after(args.kill_after)
+        .supervise(args.supervise)
+        .signal_group(args.signal_group);
+    launcher.run()
 }

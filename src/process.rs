@@ -118,3 +118,10 @@ pub fn daemon(nochdir: bool, noclose: bool) -> io::Result<Fork> {
     }
     Ok(Fork::Child)
 }
+
+/// Dies of `signal`: resets its disposition to default, unblocks it and raises it, so that the
+/// parent sees the same death as a program's. Returns only if the signal does not kill (for
+/// example SIGCHLD), or on error. What a resident `conjure` does when its program was killed.
+pub fn die_of(signal: i32) -> io::Result<()> {
+    crate::daemon::sys::die_of(signal)
+}

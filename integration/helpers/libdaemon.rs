@@ -1,1 +1,164 @@
-fn main() {}
+//! `libdaemon`: a daemon written against the conjure library API, for the integration tests.
+//!
+//! ```text
+//! libdaemon [CONFIG FLAGS] MODE [MODE ARGS]
+//!   --pidfile P --lockfile L --chdir D --umask OCTAL --stdout O --stderr E --append
+//!   --foreground --no-close-fds --env K=V --user U --group G
+//! modes:
+//!   ready               notify_parent, write "libdaemon out"/"libdaemon err" (and
+//!                       CONJURE_TEST_ENV's value) to stdout/stderr, sleep 60
+//!   drop                drop the context without notifying, then sleep 60
+//!   die                 exit 0 without notifying (the context is never dropped)
+//!   error CODE MSG      report_error(Reported { code, message: MSG })
+//!   thread              start a second thread, then daemonize_checked (which must refuse)
+//!   signal-cleanup      cleanup_on_signals, notify, sleep 60
+//!   privdrop            chown_paths, drop_privileges, notify, sleep 60
+//!   unsafe-ready        like ready, but through the unsafe `daemonize`
+//! ```
+//!
+//! A failure before the fork prints `libdaemon: {err}` and exits with `err.exit_code()`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use conjure::{DaemonConfig, DaemonContext, DaemonizeError};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut config = DaemonConfig::new();
+    let mut i = 0;
+    let value = |i: usize| args.get(i + 1).cloned().unwrap_or_else(|| usage());
+    while i < args.len() {
+        match args[i].as_str() {
+            "--pidfile" => config.pidfile(value(i)),
+            "--lockfile" => config.lockfile(value(i)),
+            "--chdir" => config.chdir(value(i)),
+            "--umask" => config.umask(u32::from_str_radix(&value(i), 8).unwrap_or_else(|_| usage())),
+            "--stdout" => config.stdout(value(i)),
+            "--stderr" => config.stderr(value(i)),
+            "--user" => config.user(value(i)),
+            "--group" => config.group(value(i)),
+            "--env" => {
+                let kv = value(i);
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage());
+                config.env(k, v)
+            }
+            "--append" => {
+                i += 1;
+                config.append(true);
+                continue;
+            }
+            "--foreground" => {
+                i += 1;
+                config.foreground(true);
+                continue;
+            }
+            "--no-close-fds" => {
+                i += 1;
+                config.close_fds(false);
+                continue;
+            }
+            _ => break,
+        };
+        i += 2;
+    }
+    let mode = args.get(i).map(String::as_str).unwrap_or_else(|| usage());
+    let rest = &args[i + 1..];
+
+    if mode == "thread" {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let result = conjure::daemonize_checked(&config);
+        drop(tx);
+        let _ = handle.join();
+        match result {
+            Ok(_) => {
+                eprintln!("libdaemon: daemonize_checked accepted a process with two threads");
+                std::process::exit(1)
+            }
+            Err(err) => fail(&err),
+        }
+    }
+
+    let ctx = if mode == "unsafe-ready" {
+        // SAFETY: this process runs exactly one thread (no mode but `thread` starts another).
+        unsafe { conjure::daemonize(&config) }
+    } else {
+        conjure::daemonize_checked(&config)
+    };
+    let mut ctx = ctx.unwrap_or_else(|err| fail(&err));
+
+    match mode {
+        "ready" | "unsafe-ready" => {
+            ok(ctx.status("starting"));
+            ok(ctx.notify_parent());
+            speak();
+            sleep_then_exit(ctx)
+        }
+        "drop" => {
+            drop(ctx);
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "die" => std::process::exit(0),
+        "error" => {
+            let code = rest.first().and_then(|c| c.parse().ok()).unwrap_or_else(|| usage());
+            let message = rest.get(1).cloned().unwrap_or_else(|| usage());
+            ctx.report_error(&DaemonizeError::Reported { code, message })
+        }
+        "signal-cleanup" => {
+            ok(ctx.cleanup_on_signals());
+            ok(ctx.notify_parent());
+            sleep_then_exit(ctx)
+        }
+        "privdrop" => {
+            if let Err(err) = ctx.chown_paths() {
+                ctx.report_error(&err)
+            }
+            if let Err(err) = ctx.drop_privileges() {
+                ctx.report_error(&err)
+            }
+            ok(ctx.notify_parent());
+            speak();
+            sleep_then_exit(ctx)
+        }
+        _ => usage(),
+    }
+}
+
+/// Writes one line to each of stdout and stderr, so that tests can find the output files.
+/// With `CONJURE_TEST_ENV` set (by `--env`), also writes its value to stdout: an environment
+/// changed in the daemon does not show in `/proc/PID/environ`, which shows the one at exec.
+fn speak() {
+    let _ = std::io::stdout().write_all(b"libdaemon out\n");
+    let _ = std::io::stderr().write_all(b"libdaemon err\n");
+    if let Ok(v) = std::env::var("CONJURE_TEST_ENV") {
+        let _ = std::io::stdout().write_all(format!("env CONJURE_TEST_ENV={v}\n").as_bytes());
+    }
+}
+
+fn sleep_then_exit(mut ctx: DaemonContext) -> ! {
+    // The lock fd must stay open while the daemon runs: it is what `status` looks at.
+    assert!(ctx.lockfile_fd().is_some() || ctx.pidfile_path().is_none());
+    std::thread::sleep(Duration::from_secs(60));
+    ctx.set_cleanup_on_drop(true);
+    drop(ctx);
+    std::process::exit(0)
+}
+
+fn ok(result: Result<(), DaemonizeError>) {
+    if let Err(err) = result {
+        fail(&err)
+    }
+}
+
+fn fail(err: &DaemonizeError) -> ! {
+    eprintln!("libdaemon: {err}");
+    std::process::exit(err.exit_code())
+}
+
+fn usage() -> ! {
+    eprintln!("libdaemon: bad arguments; see integration/helpers/libdaemon.rs");
+    std::process::exit(2)
+}

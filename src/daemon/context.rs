@@ -24,6 +24,7 @@ pub struct DaemonContext {
     pub(crate) report: Option<OwnedFd>,
     pub(crate) pidfile: Option<File>,
     pub(crate) lockfile: Option<File>,
+    pub(crate) pidfile_temp: Option<std::path::PathBuf>,
     pub(crate) notified: bool,
     pub(crate) cleanup_on_drop: bool,
     pub(crate) signal_ids: Vec<signal_hook::SigId>,
@@ -37,20 +38,31 @@ impl DaemonContext {
             return Ok(());
         }
         match self.config.readiness {
-            Sink::Pipe => {
-                if let Some(fd) = self.report.take() {
-                    report::send(&fd, &Record::Ready)
-                        .map_err(|source| DaemonizeError::SystemError { call: "write to the launcher", source })?;
-                }
+            Sink::Pipe => {}
+            Sink::Notify => {
+                // The launcher exits once told below; the daemon is the main process from now on.
+                let mainpid = (!self.config.foreground).then(|| std::process::id() as i32);
+                crate::readiness::sink::ready(Sink::Notify, mainpid, None)?;
             }
+            Sink::Fd(n) => crate::readiness::sink::ready(Sink::Fd(n), None, None)?,
+            Sink::Pidfile => self.publish_pidfile()?,
+        }
+        if let Some(fd) = self.report.take() {
+            report::send(&fd, &Record::Ready)
+                .map_err(|source| DaemonizeError::SystemError { call: "write to the launcher", source })?;
         }
         self.notified = true;
         tracing::debug!(pid = std::process::id(), "readiness reported");
         Ok(())
     }
 
-    /// Sends a status line the launcher shows with `-v` (pipe sink).
+    /// Sends a status line: `STATUS=` to the supervisor with the notify sink; to the launcher,
+    /// which logs it, while it still waits.
     pub fn status(&mut self, text: &str) -> Result<(), DaemonizeError> {
+        if self.config.readiness == Sink::Notify {
+            crate::readiness::notify::notify_supervisor(&[sd_notify::NotifyState::Status(text)])
+                .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })?;
+        }
         if let Some(fd) = &self.report {
             report::send(fd, &Record::Status(text.to_string()))
                 .map_err(|source| DaemonizeError::SystemError { call: "write to the launcher", source })?;
@@ -90,9 +102,20 @@ impl DaemonContext {
 
     /// Removes the pidfile if it is still this daemon's. Idempotent, best effort.
     pub fn cleanup(&mut self) {
-        if let (Some(path), Some(file)) = (&self.config.pidfile, self.pidfile.as_ref()) {
+        let path = self.pidfile_temp.as_ref().or(self.config.pidfile.as_ref());
+        if let (Some(path), Some(file)) = (path, self.pidfile.as_ref()) {
             pidfile::remove(path, file);
         }
+    }
+
+    /// The pidfile sink: renames the locked temporary pidfile into place.
+    fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
+        let (Some(temp), Some(path)) = (self.pidfile_temp.take(), self.config.pidfile.clone()) else { return Ok(()) };
+        if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(&path) {
+            self.pidfile_temp = Some(temp);
+            return Err(DaemonizeError::LockConflict { path, pid });
+        }
+        std::fs::rename(&temp, &path).map_err(|source| DaemonizeError::PidfileError { path, source })
     }
 
     /// Overrides the config's `cleanup_on_drop`.

@@ -138,11 +138,8 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
     // Descendants that inherited the lock keep it, and with it the daemon "running", after the
     // main process is gone. They hold the pidfile open, which makes them part of this daemon and
     // nothing else: they get the same treatment.
-    let stragglers: Vec<(i32, Option<OwnedFd>)> = holders(pidfile)
-        .into_iter()
-        .filter(|p| *p != pid)
-        .map(|p| (p, sys::pidfd_open(p).ok().flatten()))
-        .collect();
+    let stragglers: Vec<(i32, Option<OwnedFd>)> =
+        holders(pidfile).into_iter().filter(|p| *p != pid).map(|p| (p, sys::pidfd_open(p).ok().flatten())).collect();
     for (p, fd) in &stragglers {
         tracing::debug!(pid = p, "signalling a descendant that still holds the lock");
         let _ = send(fd.as_ref(), *p, signal as i32);
@@ -222,9 +219,11 @@ pub(crate) fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
 fn holds_file(pid: i32, path: &Path) -> Option<bool> {
     let target = std::fs::metadata(path).ok()?;
     let dir = std::fs::read_dir(PathBuf::from(format!("/proc/{pid}/fd"))).ok()?;
-    Some(dir.flatten().any(|entry| {
-        std::fs::metadata(entry.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
-    }))
+    Some(
+        dir.flatten().any(|entry| {
+            std::fs::metadata(entry.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        }),
+    )
 }
 
 /// Removes a pidfile nobody holds a lock on, taking the lock first so that a daemon starting

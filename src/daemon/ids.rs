@@ -57,8 +57,7 @@ pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<
     let identity = match entry {
         Some(Ok(pw)) => {
             let gid = gid.unwrap_or(pw.gid);
-            let cname = CString::new(pw.name.as_bytes())
-                .map_err(|_| DaemonizeError::UserNotFound(pw.name.clone()))?;
+            let cname = CString::new(pw.name.as_bytes()).map_err(|_| DaemonizeError::UserNotFound(pw.name.clone()))?;
             let groups = getgrouplist(&cname, gid).map_err(|e| DaemonizeError::sys("getgrouplist", e))?;
             Identity {
                 ids: Ids {

@@ -13,12 +13,13 @@
 //! The lock is taken before any output file is opened, so that a second start that loses the
 //! race for the lock has truncated nothing.
 
-pub mod control;
 mod context;
+pub mod control;
 pub(crate) mod ids;
 pub mod launcher;
 pub(crate) mod pidfile;
 pub(crate) mod report;
+mod resident;
 pub(crate) mod sys;
 
 use std::fs::{File, OpenOptions};
@@ -32,6 +33,7 @@ pub use context::DaemonContext;
 
 use crate::config::DaemonConfig;
 use crate::error::DaemonizeError;
+use crate::readiness::Sink;
 use ids::Identity;
 use pidfile::Role;
 use sys::{ChildPlan, Failure, Stage};
@@ -50,6 +52,19 @@ pub(crate) struct Prepared {
     pub devnull: OwnedFd,
     pub stdout: Option<File>,
     pub stderr: Option<File>,
+    /// With the pidfile sink: the locked temporary file that becomes the pidfile when the
+    /// daemon is ready; `None` once renamed into place.
+    pub pidfile_temp: Option<PathBuf>,
+}
+
+/// How the pidfile comes into being.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PidfileMode {
+    /// Created and locked before the fork, written by the daemon before it execs or returns.
+    Direct,
+    /// The pidfile sink: a locked temporary file is written and renamed over the pidfile only
+    /// when the daemon is ready, so a watcher never sees a pidfile before then.
+    Atomic,
 }
 
 /// Whether output files are handed to the target user now (launcher) or later by the daemon
@@ -62,7 +77,7 @@ pub(crate) enum Chown {
 
 impl Prepared {
     /// Validates, locks and opens, in that order.
-    pub(crate) fn new(config: &DaemonConfig, chown: Chown) -> Result<Prepared, DaemonizeError> {
+    pub(crate) fn new(config: &DaemonConfig, chown: Chown, mode: PidfileMode) -> Result<Prepared, DaemonizeError> {
         let config = config.resolved()?;
         tracing::debug!(?config, "configuration validated");
         let identity = ids::resolve(config.user.as_deref(), config.group.as_deref())?;
@@ -76,7 +91,18 @@ impl Prepared {
             }
             _ => None,
         };
+        let mut pidfile_temp = None;
         let pidfile = match &config.pidfile {
+            Some(path) if mode == PidfileMode::Atomic => {
+                if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(path) {
+                    return Err(DaemonizeError::LockConflict { path: path.clone(), pid });
+                }
+                let temp = pidfile::temp_path(path);
+                let f = pidfile::acquire(&temp, Role::Pidfile, config.lock)?;
+                tracing::debug!(path = %temp.display(), "temporary pidfile opened; renamed into place when ready");
+                pidfile_temp = Some(temp);
+                Some(f)
+            }
             Some(path) => {
                 let f = pidfile::acquire(path, Role::Pidfile, config.lock)?;
                 tracing::debug!(path = %path.display(), locked = config.lock, "pidfile opened");
@@ -92,6 +118,7 @@ impl Prepared {
             identity,
             lockfile,
             pidfile,
+            pidfile_temp,
         };
         let (stdout, stderr) = prepared.open_outputs()?;
         prepared.stdout = stdout;
@@ -121,10 +148,9 @@ impl Prepared {
         // One open file for both when they name the same file, so that the two streams share
         // one offset instead of writing over each other.
         let err = match (&self.config.stderr, &self.config.stdout, &out) {
-            (Some(e), Some(o), Some(f)) if e == o => Some(
-                f.try_clone()
-                    .map_err(|source| DaemonizeError::OutputFileError { path: e.clone(), source })?,
-            ),
+            (Some(e), Some(o), Some(f)) if e == o => {
+                Some(f.try_clone().map_err(|source| DaemonizeError::OutputFileError { path: e.clone(), source })?)
+            }
             (Some(e), _, _) => Some(open(e)?),
             _ => None,
         };
@@ -159,6 +185,7 @@ impl Prepared {
             moves: Vec::new(),
             keep: Vec::new(),
             close_fds: self.config.close_fds,
+            new_pgrp: false,
             ids: if drop_ids { self.identity.as_ref().map(|i| i.ids.clone()) } else { None },
             exec: None,
             sigmax: 0,
@@ -172,7 +199,8 @@ impl Prepared {
         let source = io::Error::from_raw_os_error(failure.errno);
         let c = &self.config;
         let ids = self.identity.as_ref().map(|i| (i.ids.uid, i.ids.gid)).unwrap_or_default();
-        let denied = |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
+        let denied =
+            |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
         match failure.stage {
             Stage::Setsid => DaemonizeError::SetsidFailed(source),
             Stage::Fork => DaemonizeError::ForkFailed(source),
@@ -203,11 +231,43 @@ impl Prepared {
         }
     }
 
-    /// Removes the pidfile after a failed start; the launcher still holds the lock.
+    /// Removes the pidfile after a failure before anything was started, and passes the error on.
+    pub(crate) fn abandon(&self, err: DaemonizeError) -> DaemonizeError {
+        self.remove_pidfile();
+        err
+    }
+
+    /// Removes the pidfile (or its temporary file) after a failed start; the launcher still
+    /// holds the lock.
     pub(crate) fn remove_pidfile(&self) {
-        if let (Some(path), Some(file)) = (&self.config.pidfile, &self.pidfile) {
+        let path = self.pidfile_temp.as_ref().or(self.config.pidfile.as_ref());
+        if let (Some(path), Some(file)) = (path, &self.pidfile) {
             pidfile::remove(path, file);
         }
+    }
+
+    /// The pidfile sink's moment: renames the temporary pidfile over the pidfile, unless another
+    /// instance locked that one in the meantime.
+    pub(crate) fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
+        let (Some(temp), Some(path)) = (self.pidfile_temp.take(), self.config.pidfile.clone()) else { return Ok(()) };
+        if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(&path) {
+            self.pidfile_temp = Some(temp);
+            return Err(DaemonizeError::LockConflict { path, pid });
+        }
+        std::fs::rename(&temp, &path).map_err(|source| DaemonizeError::PidfileError { path: path.clone(), source })?;
+        tracing::debug!(path = %path.display(), "pidfile published");
+        Ok(())
+    }
+
+    /// Writes this process's own pid into the locked pidfile (resident mode: conjure is the main
+    /// process the supervisor should signal).
+    pub(crate) fn write_own_pid(&self) -> Result<(), DaemonizeError> {
+        use std::os::unix::fs::FileExt;
+        let (Some(file), Some(path)) = (&self.pidfile, &self.config.pidfile) else { return Ok(()) };
+        let line = format!("{}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(line.as_bytes(), 0))
+            .map_err(|source| DaemonizeError::PidfileError { path: path.clone(), source })
     }
 }
 
@@ -268,19 +328,29 @@ pub(crate) fn reap(child: i32) {
 
 /// The library's double fork (or, in foreground mode, the setup in place). In the original
 /// process this never returns: it waits for the daemon's report and exits with its outcome.
-pub(crate) fn daemonize_with(config: &DaemonConfig, one_thread: sys::SingleThreaded) -> Result<DaemonContext, DaemonizeError> {
-    let prepared = Prepared::new(config, Chown::Later)?;
+pub(crate) fn daemonize_with(
+    config: &DaemonConfig,
+    one_thread: sys::SingleThreaded,
+) -> Result<DaemonContext, DaemonizeError> {
+    let mode = if config.readiness == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
+    crate::readiness::sink::validate(config.readiness)?;
+    let prepared = Prepared::new(config, Chown::Later, mode)?;
+    // The s6 notification fd belongs to the daemon, which writes it when ready.
+    let sink_fd: Vec<i32> = match config.readiness {
+        Sink::Fd(n) => vec![n],
+        _ => Vec::new(),
+    };
     if prepared.config.foreground {
-        let plan = prepared.plan(None, &[], false);
+        let plan = prepared.plan(None, &sink_fd, false);
         sys::setup_in_place(&plan).map_err(|f| prepared.failure_error(f, None))?;
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
-    let plan = prepared.plan(Some(&write_end), &[], false);
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
+    let plan = prepared.plan(Some(&write_end), &sink_fd, false);
     tracing::debug!("forking the daemon");
-    match sys::fork_daemon(&plan, &one_thread)? {
+    match sys::fork_daemon(&plan, &one_thread).map_err(|e| prepared.abandon(e))? {
         sys::Side::Launcher { child } => {
             drop(write_end);
             reap(child);
@@ -295,7 +365,13 @@ pub(crate) fn daemonize_with(config: &DaemonConfig, one_thread: sys::SingleThrea
             std::process::exit(code)
         }
         sys::Side::Daemon => {
-            drop(read_end);
+            // The setup closed every fd it did not keep, the read end among them: closing it
+            // again would close whatever reused the number (debug builds abort on the EBADF).
+            if prepared.config.close_fds {
+                std::mem::forget(read_end);
+            } else {
+                drop(read_end);
+            }
             tracing::debug!(pid = std::process::id(), "daemon set up");
             Ok(prepared.into_context(Some(write_end), &one_thread))
         }
@@ -332,7 +408,7 @@ impl Prepared {
         for (key, value) in &self.config.env {
             sys::set_env(one_thread, key, value);
         }
-        let Prepared { config, identity, lockfile, pidfile, devnull, stdout, stderr } = self;
+        let Prepared { config, identity, lockfile, pidfile, devnull, stdout, stderr, pidfile_temp } = self;
         if config.close_fds {
             std::mem::forget(devnull);
             std::mem::forget(stdout);
@@ -345,6 +421,7 @@ impl Prepared {
             report,
             pidfile,
             lockfile,
+            pidfile_temp,
             notified: false,
             signal_ids: Vec::new(),
         }
@@ -357,4 +434,23 @@ impl Prepared {
 /// See [`daemonize`](crate::daemonize) for what happens; this is its safe form.
 pub fn daemonize_checked(config: &DaemonConfig) -> Result<DaemonContext, DaemonizeError> {
     daemonize_with(config, sys::SingleThreaded::checked()?)
+}
+
+/// Reaps every child that has exited, without blocking. Returns the status of `program` if it
+/// was among them, and whether no child is left at all.
+pub(crate) fn reap_all(program: i32) -> (Option<crate::process::WaitStatus>, bool) {
+    let mut found = None;
+    loop {
+        let mut status = 0;
+        match sys::waitpid_raw(-1, &mut status, libc::WNOHANG) {
+            Ok(0) => return (found, false),
+            Ok(pid) => {
+                if pid == program {
+                    found = Some(status);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return (found, true),
+        }
+    }
 }

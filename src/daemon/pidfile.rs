@@ -80,6 +80,13 @@ pub(crate) fn acquire_existing(path: &Path, role: Role) -> Result<File, Daemoniz
     }
 }
 
+/// The temporary name of the pidfile sink's pidfile: in the same directory (so the rename is
+/// atomic), hidden, and unique to this launcher.
+pub(crate) fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.conjure-{}", std::process::id()))
+}
+
 /// Whether `path` (not followed) still names the file open as `file`.
 pub(crate) fn names_same_inode(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {

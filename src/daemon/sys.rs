@@ -67,9 +67,7 @@ pub unsafe fn fork() -> io::Result<Fork> {
 /// The process must run exactly one thread: `fork` copies only the calling thread, and the
 /// daemon goes on to run ordinary code (allocation, locks) that another thread's held locks
 /// would deadlock. [`daemonize_checked`](crate::daemonize_checked) checks this instead.
-pub unsafe fn daemonize(
-    config: &crate::DaemonConfig,
-) -> Result<crate::DaemonContext, DaemonizeError> {
+pub unsafe fn daemonize(config: &crate::DaemonConfig) -> Result<crate::DaemonContext, DaemonizeError> {
     // SAFETY: the caller promises one thread, as this function's contract requires.
     crate::daemon::daemonize_with(config, unsafe { SingleThreaded::promised() })
 }
@@ -207,6 +205,8 @@ pub(crate) struct ChildPlan {
     /// Sorted fds above 2 that survive the close (includes `inherit`, `report`, targets of `moves`).
     pub keep: Vec<RawFd>,
     pub close_fds: bool,
+    /// Put the program in a process group of its own (`--signal-group`).
+    pub new_pgrp: bool,
     pub ids: Option<Ids>,
     pub exec: Option<ExecPlan>,
     /// `SIGRTMAX`, read before the fork.
@@ -311,8 +311,10 @@ fn reset_signals(sigmax: libc::c_int) {
             continue;
         }
         // SAFETY: `dfl` is a valid sigaction; the old action is not asked for. Signals the C
-        // library reserves for itself answer EINVAL, which is ignored on purpose.
-        unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) };
+        // library reserves for itself answer EINVAL; see `unignore_reserved`.
+        if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } == -1 {
+            unignore_reserved(sig);
+        }
     }
     // SAFETY: an empty set, then sigprocmask with a valid pointer and no old set.
     unsafe {
@@ -320,6 +322,66 @@ fn reset_signals(sigmax: libc::c_int) {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
+}
+
+/// The kernel's `struct sigaction` on the architectures whose layout is the generic one.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+))]
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Resets a signal the C library reserves for itself (glibc: 32 and 33) from SIG_IGN to
+/// SIG_DFL, through the raw system call, since `sigaction(3)` refuses them.
+///
+/// glibc's `posix_spawn` sets them to SIG_IGN in the child when the parent is multi-threaded;
+/// a launcher started that way (by a Rust `Command`, for one) would otherwise hand them on to
+/// the program ignored. A reserved signal with a handler belongs to the C library and is left
+/// alone, so the library's own daemon, which keeps running on the same C library, is not
+/// disturbed. Async-signal-safe: two raw syscalls on stack values.
+fn unignore_reserved(sig: libc::c_int) {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        const SIGSET_SIZE: usize = 8;
+        let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        // SAFETY: rt_sigaction with no new action and a valid out-pointer of the kernel's layout.
+        let r = unsafe {
+            libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, SIGSET_SIZE)
+        };
+        if r == 0 && old.handler == libc::SIG_IGN {
+            let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+            // SAFETY: rt_sigaction with a valid SIG_DFL action of the kernel's layout.
+            unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), SIGSET_SIZE)
+            };
+        }
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )))]
+    let _ = sig;
 }
 
 /// Closes every fd from `lo` to `hi` inclusive.
@@ -430,6 +492,10 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         report_pid(plan.report, pid).map_err(|errno| Failure { stage: Stage::Fds, errno })?;
     }
     reset_signals(plan.sigmax);
+    if plan.new_pgrp {
+        // SAFETY: setpgid on ourselves.
+        check(unsafe { libc::setpgid(0, 0) }, Stage::Fds)?;
+    }
     // SAFETY: umask cannot fail.
     unsafe { libc::umask(plan.umask) };
     // SAFETY: chdir reads a NUL-terminated path.
@@ -676,9 +742,10 @@ pub(crate) fn dup2_retry(from: RawFd, to: RawFd) -> io::Result<()> {
     if retry(|| unsafe { libc::dup2(from, to) }) == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// `close(2)` of a raw fd number, for the legacy `close_fd`.
+/// `close(2)` of a raw fd number nothing in this crate owns: fds 0-2 for the legacy
+/// `close_fd`, and fds a notify sender passed along unasked.
 pub(crate) fn close_raw(fd: RawFd) -> io::Result<()> {
-    // SAFETY: closing fds 0-2 on request; nothing in this crate holds them as owned fds.
+    // SAFETY: the callers pass fds no OwnedFd or File of this process owns, so no double close.
     if unsafe { libc::close(fd) } == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -697,6 +764,67 @@ pub(crate) fn classic_daemon() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Takes ownership of fd `n`, which this process was handed by its supervisor (the s6
+/// notification fd): fails with EBADF when it is not open.
+pub(crate) fn take_fd(n: RawFd) -> io::Result<OwnedFd> {
+    if !fd_is_open(n) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fd n is open, and conjure holds it as no other File or OwnedFd: it is the fd
+    // the supervisor passed for this purpose, and this is its only owner from now on.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Puts `/dev/null` at fd `n` if `n` is free, so that no file opened until the fork lands on
+/// the number a readiness fd must take in the child. `Ok(None)` when `n` is already in use.
+pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
+    if fd_is_open(n) {
+        return Ok(None);
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
+    // thread that opens fds at this point of a launch).
+    if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd n was just created by dup3 and is owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(n) }))
+}
+
+/// Sets the disposition of `signal` to default, unblocks it and raises it: a resident conjure
+/// dies of the signal its program died of, so its own parent sees the same death.
+pub(crate) fn die_of(signal: i32) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: valid pointers; no old action asked for.
+    if unsafe { libc::sigaction(signal, &dfl, std::ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut set = SigSet::empty();
+    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
+        set.add(sig);
+    }
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
+    nix::sys::signal::raise(nix::sys::signal::Signal::try_from(signal)?)?;
+    Ok(())
+}
+
+/// Forks the calling process into a detached copy in a new session: `Ok(Some(pid))` in the
+/// original process, `Ok(None)` in the copy. Refuses a multi-threaded process, since the copy
+/// goes on to run ordinary code.
+pub(crate) fn detach() -> io::Result<Option<i32>> {
+    let _one_thread = SingleThreaded::checked().map_err(io::Error::from)?;
+    // SAFETY: one thread (checked above), so the child may run any code.
+    match unsafe { fork() }? {
+        Fork::Parent(pid) => Ok(Some(pid)),
+        Fork::Child => {
+            nix::unistd::setsid()?;
+            Ok(None)
+        }
+    }
 }
 
 /// Whether `fd` is an open file descriptor of this process.

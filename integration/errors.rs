@@ -1,0 +1,267 @@
+//! How `conjure` fails: the documented exit code, exactly one line on stderr naming the path
+//! (or flag) and the OS error, and nothing left behind: no process, no pidfile.
+//!
+//! "No process" is checked through `/proc`: nothing may still refer to the test's scratch
+//! directory (every start names its pidfile there). A child that failed its exec may still be
+//! on its way out when the launcher reports, so that check waits, with a deadline, for the
+//! process to go by itself; nothing is killed before it.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use crate::support::*;
+
+/// Users the permission tests run as: ids nothing else on the machine uses, so that no other
+/// process counts against `RLIMIT_NPROC` or shares files with them.
+const UNPRIVILEGED: u32 = 64999;
+const UNPRIVILEGED_NPROC: u32 = 64998;
+
+/// Asserts a clean failure: `code`, one stderr line starting `conjure: ` that contains every
+/// needle, no pidfile, and no process left.
+fn assert_failed_cleanly(out: &Output, code: i32, needles: &[&str], s: &Scratch, pidfile: &Path) {
+    out.assert_code(code);
+    let line = out.one_line_of_stderr();
+    assert!(line.starts_with("conjure: "), "the message should say who speaks\n{out}");
+    for n in needles {
+        assert!(line.contains(n), "the message should contain {n:?}\n{out}");
+    }
+    assert!(std::fs::symlink_metadata(pidfile).is_err(), "a pidfile was left behind at {}\n{out}", pidfile.display());
+    s.wait_no_process_left();
+}
+
+fn conjure(args: Vec<OsString>) -> Output {
+    TestCommand::conjure(args).run()
+}
+
+#[test]
+fn program_not_found_exits_66() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let missing = s.join("no-such-program");
+    let out = conjure(argv!["-p", &pidfile, "--", &missing]);
+    assert_failed_cleanly(&out, 66, &[&missing.display().to_string(), "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn program_not_found_on_path_exits_66() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["-p", &pidfile, "--", "conjure-no-such-program"]);
+    assert_failed_cleanly(&out, 66, &["`conjure-no-such-program`", "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn program_without_execute_permission_exits_66() {
+    let s = Scratch::new();
+    let (pidfile, prog) = (s.join("d.pid"), s.join("not-executable"));
+    std::fs::write(&prog, "#!/bin/sh\nsleep 60\n").unwrap();
+    set_mode(&prog, 0o644);
+    let out = conjure(argv!["-p", &pidfile, "--", &prog]);
+    assert_failed_cleanly(&out, 66, &[&prog.display().to_string(), "Permission denied"], &s, &pidfile);
+}
+
+#[test]
+fn exec_of_a_file_in_no_executable_format_exits_71() {
+    let s = Scratch::new();
+    let (pidfile, prog) = (s.join("d.pid"), s.join("garbage"));
+    std::fs::write(&prog, b"\x01\x02\x03\x04 not a program\n").unwrap();
+    set_mode(&prog, 0o755);
+    let out = conjure(argv!["-p", &pidfile, "--", &prog]);
+    assert_failed_cleanly(&out, 71, &[&prog.display().to_string(), "Exec format error"], &s, &pidfile);
+}
+
+#[test]
+fn pidfile_in_a_missing_directory_exits_73() {
+    let s = Scratch::new();
+    let pidfile = s.join("missing/d.pid");
+    let out = conjure(argv!["-p", &pidfile, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 73, &[&pidfile.display().to_string(), "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn pidfile_in_an_unwritable_directory_exits_73() {
+    let s = Scratch::new();
+    let dir = s.join("readonly");
+    std::fs::create_dir(&dir).unwrap();
+    if !is_root() {
+        set_mode(&dir, 0o555);
+    }
+    let pidfile = dir.join("d.pid");
+    let out = as_unprivileged(UNPRIVILEGED, &conjure_bin(), argv!["-p", &pidfile, "--", "sleep", "60"]).run();
+    assert_failed_cleanly(&out, 73, &[&pidfile.display().to_string(), "Permission denied"], &s, &pidfile);
+}
+
+#[test]
+fn symlinked_pidfile_is_refused_with_73_and_its_target_untouched() {
+    let s = Scratch::new();
+    let (link, target) = (s.join("d.pid"), s.join("precious"));
+    std::fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = conjure(argv!["-p", &link, "--", "sleep", "60"]);
+    out.assert_code(73);
+    let line = out.one_line_of_stderr();
+    assert!(
+        line.contains(&link.display().to_string()) && line.contains("Too many symbolic links encountered"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "the symlink's target was written");
+    assert_eq!(std::fs::read_link(&link).unwrap(), target, "the symlink was replaced");
+    assert!(!lock_is_held(&target));
+    s.wait_no_process_left();
+}
+
+#[test]
+fn dangling_symlinked_pidfile_is_refused_and_creates_nothing() {
+    let s = Scratch::new();
+    let (link, target) = (s.join("d.pid"), s.join("created-through-the-link"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = conjure(argv!["-p", &link, "--", "sleep", "60"]);
+    out.assert_code(73);
+    assert!(out.one_line_of_stderr().contains(&link.display().to_string()), "{out}");
+    assert!(!target.exists(), "the pidfile was created through the symlink");
+}
+
+#[test]
+fn lockfile_in_a_missing_directory_exits_73() {
+    let s = Scratch::new();
+    let (pidfile, lock) = (s.join("d.pid"), s.join("missing/d.lock"));
+    let out = conjure(argv!["-p", &pidfile, "-l", &lock, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 73, &[&lock.display().to_string(), "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn output_file_in_a_missing_directory_exits_73() {
+    let s = Scratch::new();
+    let (pidfile, log) = (s.join("d.pid"), s.join("missing/app.log"));
+    let out = conjure(argv!["-p", &pidfile, "-o", &log, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 73, &[&log.display().to_string(), "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn missing_working_directory_exits_71() {
+    let s = Scratch::new();
+    let (pidfile, dir) = (s.join("d.pid"), s.join("missing"));
+    let out = conjure(argv!["-p", &pidfile, "-c", &dir, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 71, &[&dir.display().to_string(), "No such file or directory"], &s, &pidfile);
+}
+
+#[test]
+fn pidfile_that_is_also_stdout_exits_64() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["-p", &pidfile, "-o", &pidfile, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 64, &[&pidfile.display().to_string(), "pidfile and stdout"], &s, &pidfile);
+}
+
+#[test]
+fn unknown_user_exits_67() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["-u", "conjure-no-such-user", "-p", &pidfile, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 67, &["unknown user `conjure-no-such-user`"], &s, &pidfile);
+}
+
+#[test]
+fn unknown_group_exits_67() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["-g", "conjure-no-such-group", "-p", &pidfile, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 67, &["unknown group `conjure-no-such-group`"], &s, &pidfile);
+}
+
+#[test]
+fn user_flag_without_root_exits_77() {
+    let s = Scratch::new();
+    let dir = s.join("rw");
+    std::fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o777);
+    let pidfile = dir.join("d.pid");
+    let out =
+        as_unprivileged(UNPRIVILEGED, &conjure_bin(), argv!["-u", "root", "-p", &pidfile, "--", "sleep", "60"]).run();
+    assert_failed_cleanly(&out, 77, &["only root can change identity"], &s, &pidfile);
+}
+
+#[test]
+fn keep_fd_that_is_not_open_exits_64() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["--keep-fd", "7", "-p", &pidfile, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 64, &["cannot keep fd 7: it is not open"], &s, &pidfile);
+}
+
+#[test]
+fn fork_failure_exits_71_and_leaves_no_pidfile() {
+    // RLIMIT_NPROC of 1 for a user that already runs this one process: fork fails with EAGAIN.
+    // Root ignores the limit, so as root conjure runs as an otherwise unused uid.
+    let s = Scratch::new();
+    let dir = s.join("rw");
+    std::fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o777);
+    let pidfile = dir.join("d.pid");
+    let inner = as_unprivileged(UNPRIVILEGED_NPROC, &conjure_bin(), argv!["-p", &pidfile, "--", "sleep", "60"]);
+    let mut c = TestCommand::new("prlimit");
+    c.args(argv!["--nproc=1:1", "--"]).args(inner.argv());
+    let out = c.run();
+    assert_failed_cleanly(&out, 71, &["cannot fork"], &s, &pidfile);
+}
+
+#[test]
+fn bad_umask_is_a_usage_error_64() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = conjure(argv!["-m", "888", "-p", &pidfile, "--", "sleep", "60"]);
+    out.assert_code(64);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error:") && first.contains("888") && first.contains("umask"), "{out}");
+    assert!(!pidfile.exists());
+    assert!(s.processes().is_empty());
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    for args in [
+        argv![],
+        argv!["-p"],
+        argv!["-E", "NOEQUALS", "--", "sleep", "1"],
+        argv!["-E", "=x", "--", "sleep", "1"],
+        argv!["-l", "/tmp/x.lock", "--no-lock", "--", "sleep", "1"],
+        argv!["--keep-fd", "three", "--", "sleep", "1"],
+        argv!["stop"],
+        argv!["stop", "-p", "/tmp/x.pid", "--signal", "NOPE"],
+        argv!["stop", "-p", "/tmp/x.pid", "--timeout", "soon"],
+        argv!["status"],
+    ] {
+        let out = TestCommand::conjure(args).run();
+        out.assert_code(64);
+        assert!(out.stderr.starts_with("error:"), "{out}");
+    }
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error_not_a_program_name() {
+    let out = TestCommand::conjure(argv!["--pidfle", "/tmp/x.pid", "--", "sleep", "1"]).run();
+    out.assert_code(64);
+    assert!(out.stderr.contains("--pidfle"), "{out}");
+}
+
+#[test]
+fn program_arguments_that_look_like_flags_go_to_the_program() {
+    let out = TestCommand::conjure(argv!["-f", testprog(), "output", "-x", "1"]).expect_success();
+    assert_eq!(out.stdout, "-x out 1\n");
+    let out = TestCommand::conjure(argv!["-f", "--", testprog(), "output", "--y", "1"]).expect_success();
+    assert_eq!(out.stdout, "--y out 1\n");
+}
+
+#[test]
+fn help_lists_the_exit_codes_and_examples() {
+    let out = TestCommand::conjure(argv!["--help"]).expect_success();
+    for code in ["64", "66", "67", "69", "70", "71", "73", "75", "77"] {
+        assert!(
+            out.stdout.lines().any(|l| l.trim_start().starts_with(code)),
+            "--help does not list exit code {code}\n{out}"
+        );
+    }
+    for needle in ["Type=forking", "conjure stop", "conjure status", "CONJURE_LOG"] {
+        assert!(out.stdout.contains(needle), "--help does not mention {needle}\n{out}");
+    }
+}

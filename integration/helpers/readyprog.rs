@@ -1,0 +1,112 @@
+//! `readyprog`: a program that becomes ready in one of the ways conjure's readiness sources
+//! watch, at a moment the test chooses, so that tests can check order and promptness.
+//!
+//! ```text
+//! readyprog [--marker PATH] [--delay MS] MODE ARGS...
+//!   notify MSG...          send each MSG as one datagram to $NOTIFY_SOCKET (path or @abstract);
+//!                          `@EMPTY`, `@HUGE`, `@BINARY` send garbage, `@SLEEP:MS` pauses
+//!   notify-child MSG...    the same, from a child process that stays alive
+//!   listen-tcp PORT        listen on 127.0.0.1:PORT
+//!   listen-unix PATH       listen on a Unix stream socket
+//!   fd-write N             write a newline to fd N
+//!   touch PATH             create PATH
+//!   exit CODE              exit with CODE (never ready)
+//!   kill-self SIG          die of signal SIG (never ready)
+//!   never                  do nothing (never ready)
+//! ```
+//!
+//! After `--delay` milliseconds it writes the marker file (if any), *then* becomes ready, then
+//! sleeps for an hour. A launcher that reports ready while the marker is missing reported too
+//! early.
+
+use std::io::Write;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut marker = None;
+    let mut delay = 0u64;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--marker") => {
+                marker = Some(args[1].clone());
+                args.drain(..2);
+            }
+            Some("--delay") => {
+                delay = args[1].parse().expect("readyprog: --delay MS");
+                args.drain(..2);
+            }
+            _ => break,
+        }
+    }
+    let mode = args.first().cloned().unwrap_or_default();
+    let rest = &args[1.min(args.len())..];
+    std::thread::sleep(Duration::from_millis(delay));
+    if let Some(m) = &marker {
+        std::fs::write(m, b"ready\n").expect("readyprog: marker");
+    }
+    // Whatever becomes ready must stay alive while the test looks at it.
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+    match mode.as_str() {
+        "notify" => send_all(rest),
+        "notify-child" => {
+            let child = std::process::Command::new(std::env::current_exe().expect("readyprog: exe"))
+                .arg("notify")
+                .args(rest)
+                .spawn()
+                .expect("readyprog: spawn");
+            keep.push(Box::new(child));
+        }
+        "listen-tcp" => keep.push(Box::new(
+            std::net::TcpListener::bind(("127.0.0.1", rest[0].parse::<u16>().expect("port"))).expect("readyprog: bind"),
+        )),
+        "listen-unix" => {
+            keep.push(Box::new(std::os::unix::net::UnixListener::bind(&rest[0]).expect("readyprog: bind")))
+        }
+        "fd-write" => {
+            let n: i32 = rest[0].parse().expect("fd");
+            let path = format!("/proc/self/fd/{n}");
+            let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("readyprog: fd");
+            f.write_all(b"\n").expect("readyprog: write");
+        }
+        "touch" => {
+            std::fs::write(&rest[0], b"").expect("readyprog: touch");
+        }
+        "exit" => std::process::exit(rest[0].parse().expect("code")),
+        "kill-self" => {
+            let sig: i32 = rest[0].parse().expect("signal number");
+            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::try_from(sig).ok());
+        }
+        "never" => {}
+        other => {
+            eprintln!("readyprog: unknown mode `{other}`");
+            std::process::exit(2);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3600));
+    drop(keep);
+}
+
+fn send_all(messages: &[String]) {
+    let address = std::env::var("NOTIFY_SOCKET").expect("readyprog: NOTIFY_SOCKET is not set");
+    let addr = match address.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract address"),
+        None => SocketAddr::from_pathname(&address).expect("path address"),
+    };
+    let sock = UnixDatagram::unbound().expect("readyprog: socket");
+    for m in messages {
+        let bytes: Vec<u8> = match m.as_str() {
+            "@EMPTY" => Vec::new(),
+            "@HUGE" => vec![b'X'; 100_000],
+            "@BINARY" => vec![0xff, 0xfe, 0, b'\n', b'=', 0x80],
+            pause if pause.starts_with("@SLEEP:") => {
+                std::thread::sleep(Duration::from_millis(pause[7..].parse().expect("@SLEEP:MS")));
+                continue;
+            }
+            text => text.replace("\\n", "\n").into_bytes(),
+        };
+        sock.send_to_addr(&bytes, &addr).expect("readyprog: send");
+    }
+}

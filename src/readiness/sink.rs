@@ -1,0 +1,58 @@
+//! Telling the supervisor: the sinks, run by the launcher (or resident conjure) once the source
+//! said "ready".
+//!
+//! The pipe sink needs nothing here: the launcher exiting 0 *is* the message. The pidfile sink
+//! is a rename done by the engine, which owns the pidfile. What remains is sd_notify and the
+//! s6 notification fd.
+
+use std::io::Write;
+use std::os::fd::RawFd;
+
+use sd_notify::NotifyState;
+
+use crate::error::DaemonizeError;
+use crate::readiness::Sink;
+use crate::readiness::notify;
+
+/// Reports "ready" through `sink`. `mainpid` is sent when the main process is not the one
+/// notifying (the launcher exits and the program stays); `status` is the program's last
+/// `STATUS=`.
+pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> Result<(), DaemonizeError> {
+    match sink {
+        Sink::Pipe | Sink::Pidfile => Ok(()),
+        Sink::Notify => {
+            let mut states = Vec::new();
+            if let Some(pid) = mainpid {
+                states.push(NotifyState::MainPid(pid as u32));
+            }
+            if let Some(s) = status {
+                states.push(NotifyState::Status(s));
+            }
+            states.push(NotifyState::Ready);
+            if notify::supervisor_address().is_none() {
+                tracing::warn!("readiness sink is notify, but NOTIFY_SOCKET is not set: nobody to tell");
+            }
+            notify::notify_supervisor(&states)
+                .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
+        }
+        Sink::Fd(n) => write_newline_and_close(n),
+    }
+}
+
+/// s6's convention: one newline on fd `n`, then the fd is closed.
+fn write_newline_and_close(n: RawFd) -> Result<(), DaemonizeError> {
+    let fd = crate::daemon::sys::take_fd(n)
+        .map_err(|source| DaemonizeError::SystemError { call: "readiness fd", source })?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(b"\n").map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })
+}
+
+/// Checks before the fork that a sink can work: the fd of `fd:N` is open.
+pub(crate) fn validate(sink: Sink) -> Result<(), DaemonizeError> {
+    match sink {
+        Sink::Fd(n) if n < 3 || !crate::daemon::sys::fd_is_open(n) => {
+            Err(DaemonizeError::invalid(format!("invalid readiness sink `fd:{n}`: fd {n} is not open (or is stdio)")))
+        }
+        _ => Ok(()),
+    }
+}
