@@ -6,6 +6,9 @@
 //!   notify MSG...          send each MSG as one datagram to $NOTIFY_SOCKET (path or @abstract);
 //!                          `@EMPTY`, `@HUGE`, `@BINARY` send garbage, `@SLEEP:MS` pauses
 //!   notify-child MSG...    the same, from a child process that stays alive
+//!   notify-reload MSG...   like notify, then answer every SIGHUP as Type=notify-reload wants:
+//!                          `RELOADING=1` with `MONOTONIC_USEC=`, append `reloaded` to the
+//!                          marker, then `READY=1`
 //!   listen-tcp PORT        listen on 127.0.0.1:PORT
 //!   listen-unix PATH       listen on a Unix stream socket
 //!   fd-write N             write a newline to fd N
@@ -17,7 +20,9 @@
 //!
 //! After `--delay` milliseconds it writes the marker file (if any), *then* becomes ready, then
 //! sleeps for an hour. A launcher that reports ready while the marker is missing reported too
-//! early.
+//! early. The marker holds the moment it was written, in CLOCK_MONOTONIC microseconds (one
+//! decimal line), so that a supervisor's own monotonic timestamps (systemd's
+//! `ActiveEnterTimestampMonotonic`) can be put in order with it.
 
 use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
@@ -43,14 +48,30 @@ fn main() {
     }
     let mode = args.first().cloned().unwrap_or_default();
     let rest = &args[1.min(args.len())..];
+    // Installed before anything can make us ready: a SIGHUP after READY=1 must find it.
+    let hup = (mode == "notify-reload").then(|| {
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]).expect("readyprog: SIGHUP handler")
+    });
     std::thread::sleep(Duration::from_millis(delay));
     if let Some(m) = &marker {
-        std::fs::write(m, b"ready\n").expect("readyprog: marker");
+        std::fs::write(m, format!("{}\n", monotonic_usec())).expect("readyprog: marker");
     }
     // Whatever becomes ready must stay alive while the test looks at it.
     let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     match mode.as_str() {
         "notify" => send_all(rest),
+        "notify-reload" => {
+            send_all(rest);
+            let mut hup = hup.expect("installed above for this mode");
+            for _ in hup.forever() {
+                send_all(&[format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())]);
+                if let Some(m) = &marker {
+                    let mut f = std::fs::OpenOptions::new().append(true).open(m).expect("readyprog: marker");
+                    f.write_all(b"reloaded\n").expect("readyprog: marker");
+                }
+                send_all(&["READY=1".to_owned()]);
+            }
+        }
         "notify-child" => {
             let child = std::process::Command::new(std::env::current_exe().expect("readyprog: exe"))
                 .arg("notify")
@@ -87,6 +108,16 @@ fn main() {
     }
     std::thread::sleep(Duration::from_secs(3600));
     drop(keep);
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock of systemd's `*Monotonic` timestamps and of
+/// `MONOTONIC_USEC=`.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes into it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "readyprog: clock_gettime");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
 fn send_all(messages: &[String]) {
