@@ -29,8 +29,8 @@ const ACTIVATED_SOCKET: (&str, &str) =
 const ACTIVATED_SERVICE: (&str, &str) =
     ("conjure-activated.service", include_str!("../../systemd/conjure-activated.service"));
 
-/// Every unit file in `systemd/`, so that `every_example_unit_is_booted_by_a_test` can tell
-/// when a new one is not.
+/// Every unit file in `systemd/`; a tidy test fails when a new file is not listed here (and
+/// so, in all likelihood, not booted by any test below).
 const ALL_UNITS: &[(&str, &str)] = &[
     FORKING,
     MISSING_PROGRAM,
@@ -237,7 +237,7 @@ fn unit_whose_program_is_missing_fails_with_conjures_one_line_error() {
 }
 
 #[test]
-fn every_unit_file_in_the_systemd_dir_is_booted_here() {
+fn every_unit_file_in_the_systemd_dir_is_listed_for_booting() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
         .expect("read systemd/")
