@@ -13,6 +13,7 @@ mod support;
 mod cli;
 mod control;
 mod errors;
+mod initscript;
 mod library;
 mod readiness;
 mod systemd;
