@@ -296,6 +296,9 @@ fn notify_unit_with_resident_conjure_goes_active_once_the_program_listens_and_st
     assert_eq!(program.len(), 1, "programs running: {program:?}");
     assert_eq!(parent_of(&c, program[0]), main_pid, "the program is not conjure's child");
 
+    // KillMode=mixed: systemd's SIGTERM reaches only conjure, which must forward it (or the
+    // stop would time out and end in SIGKILL, Result=timeout).
+    assert_eq!(c.prop(unit, "KillMode"), "mixed");
     c.stop(unit);
     let s = c.show(unit, &["ActiveState", "Result", "MainPID"]);
     assert_eq!((s["ActiveState"].as_str(), s["Result"].as_str()), ("inactive", "success"), "{s:?}");
