@@ -391,3 +391,29 @@ fn socket_activated_forking_daemon_gets_the_socket_and_a_listen_pid_naming_it() 
     assert_eq!(c.read_file("/run/conjure-activated.pid"), Some(format!("{main_pid}\n")), "pidfile");
     assert_systemd_silent_about_pidfile(&c, service, "/run/conjure-activated.pid");
 }
+
+/// Design, section 2: resident conjure "relays sd_notify messages to the real `NOTIFY_SOCKET`
+/// as the main process (so `NotifyAccess=main` works)". Not with `--supervise` and the default
+/// `exec` source: the sink resolves to the pipe, conjure hosts no notify socket, and the
+/// program inherits systemd's `NOTIFY_SOCKET` and talks to systemd directly, as a process that
+/// is not the main one. systemd drops its messages, and the start times out.
+#[test]
+#[ignore = "conjure bug: -f --supervise (exec source) passes NOTIFY_SOCKET straight to the program instead of relaying"]
+fn supervised_program_speaking_sd_notify_is_relayed_as_the_main_process() {
+    if !suite_available() {
+        return;
+    }
+    let payload = conjure_payload();
+    let unit = "conjure-supervise-notify.service";
+    let text = "\
+[Service]
+Type=notify
+TimeoutStartSec=10s
+ExecStart=/usr/local/bin/conjure -f --supervise -- /usr/local/bin/readyprog notify STATUS=serving READY=1
+";
+    let c = boot(&payload, &[(unit, text)]);
+    let start = c.exec(&["systemctl", "start", unit]);
+    let s = c.show(unit, &["ActiveState", "Result", "StatusText", "MainPID"]);
+    assert!(start.status.success(), "start failed ({}): {s:?}\n{}", start.status, c.journal(unit));
+    assert_eq!((s["ActiveState"].as_str(), s["StatusText"].as_str()), ("active", "serving"), "{s:?}");
+}
