@@ -16,3 +16,4 @@ mod errors;
 mod library;
 mod readiness;
 mod systemd;
+mod tidy;
