@@ -74,17 +74,8 @@ const POWEROFF_DEADLINE: Duration = Duration::from_secs(30);
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host tools the harness runs (debootstrap and zstd are checked by `mkrootfs.sh`).
-const HOST_TOOLS: &[&str] = &[
-    "systemd-nspawn",
-    "debootstrap",
-    "zstd",
-    "setpriv",
-    "unshare",
-    "nsenter",
-    "timeout",
-    "mount",
-    "umount",
-];
+const HOST_TOOLS: &[&str] =
+    &["systemd-nspawn", "debootstrap", "zstd", "setpriv", "unshare", "nsenter", "timeout", "mount", "umount"];
 
 /// Says whether the systemd suite can run here, preparing it on the first call: checks root and
 /// the host tools, builds or extracts the cached root filesystem (`mkrootfs.sh`) and sweeps
@@ -122,9 +113,7 @@ fn prepared() -> Result<&'static Path, String> {
             }
             for tool in HOST_TOOLS {
                 if which(tool).is_none() {
-                    return Err(format!(
-                        "`{tool}` not found (apt-get install systemd-container debootstrap zstd)"
-                    ));
+                    return Err(format!("`{tool}` not found (apt-get install systemd-container debootstrap zstd)"));
                 }
             }
             if hierarchies().is_empty() {
@@ -139,9 +128,7 @@ fn prepared() -> Result<&'static Path, String> {
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
-    PATH.split(':')
-        .map(|dir| Path::new(dir).join(tool))
-        .find(|p| p.is_file())
+    PATH.split(':').map(|dir| Path::new(dir).join(tool)).find(|p| p.is_file())
 }
 
 /// Runs `mkrootfs.sh`, which builds the cache if needed (about 35 s, once per machine) and
@@ -157,25 +144,14 @@ fn build_rootfs() -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "{} failed ({}); its output is above",
-            script.display(),
-            out.status
-        ));
+        return Err(format!("{} failed ({}); its output is above", script.display(), out.status));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lower = PathBuf::from(stdout.lines().last().unwrap_or_default());
     if !lower.join("usr/lib/systemd/systemd").exists() {
-        return Err(format!(
-            "{} printed {lower:?}, which holds no systemd",
-            script.display()
-        ));
+        return Err(format!("{} printed {lower:?}, which holds no systemd", script.display()));
     }
-    eprintln!(
-        "systemd harness: root filesystem ready at {} in {:?}",
-        lower.display(),
-        started.elapsed()
-    );
+    eprintln!("systemd harness: root filesystem ready at {} in {:?}", lower.display(), started.elapsed());
     Ok(lower)
 }
 
@@ -193,11 +169,7 @@ fn hierarchies() -> Vec<PathBuf> {
     if root.join("cgroup.controllers").exists() {
         return vec![root.to_path_buf()];
     }
-    ["systemd", "unified"]
-        .iter()
-        .map(|h| root.join(h))
-        .filter(|p| p.join("cgroup.procs").exists())
-        .collect()
+    ["systemd", "unified"].iter().map(|h| root.join(h)).filter(|p| p.join("cgroup.procs").exists()).collect()
 }
 
 /// `<pid>.<starttime>` of this test process: unique across pid reuse.
@@ -272,10 +244,7 @@ fn sweep() {
             // Its mounts lived in a private mount namespace that died with its processes; a
             // mount on the host would be a bug, but unmount it rather than delete through it.
             if is_mounted_under(&dir) {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(dir.join("merged"))
-                    .status();
+                let _ = Command::new("umount").arg("-l").arg(dir.join("merged")).status();
             }
             let _ = fs::remove_dir_all(&dir);
         }
@@ -286,29 +255,21 @@ fn names_in(dir: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(PREFIX))
-        .collect()
+    entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(PREFIX)).collect()
 }
 
 fn all_pids() -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// Whether any mount point of this host lies under `dir`.
 fn is_mounted_under(dir: &Path) -> bool {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| mp == dir || mp.starts_with(&format!("{dir}/")))
+    mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| mp == dir || mp.starts_with(&format!("{dir}/")))
 }
 
 /// Every pid in a cgroup and its descendants.
@@ -340,10 +301,7 @@ fn remove_cgroup(cgroup: &Path) -> bool {
             return true;
         }
         if Instant::now() > deadline {
-            eprintln!(
-                "systemd harness: WARNING: cannot remove cgroup {}",
-                cgroup.display()
-            );
+            eprintln!("systemd harness: WARNING: cannot remove cgroup {}", cgroup.display());
             return false;
         }
         thread::sleep(Duration::from_millis(50));
@@ -375,10 +333,7 @@ fn proc_ids(pid: u32) -> Option<(u32, Vec<u32>)> {
         if let Some(v) = line.strip_prefix("PPid:") {
             ppid = v.trim().parse().ok();
         } else if let Some(v) = line.strip_prefix("NSpid:") {
-            nspid = v
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect();
+            nspid = v.split_whitespace().filter_map(|p| p.parse().ok()).collect();
         }
     }
     Some((ppid?, nspid))
@@ -393,10 +348,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Opt
         if let Some(v) = probe() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
@@ -416,8 +368,7 @@ pub fn payload(files: &[&Path]) -> tempfile::TempDir {
         .expect("create payload dir");
     for f in files {
         let name = f.file_name().expect("payload file has a name");
-        fs::copy(f, dir.path().join(name))
-            .unwrap_or_else(|e| panic!("copy {} into payload: {e}", f.display()));
+        fs::copy(f, dir.path().join(name)).unwrap_or_else(|e| panic!("copy {} into payload: {e}", f.display()));
     }
     dir
 }
@@ -439,9 +390,7 @@ impl Builder {
 
     /// Places a file at an absolute path inside the container before boot.
     pub fn file(mut self, path: &str, contents: &str) -> Self {
-        let rel = path
-            .strip_prefix('/')
-            .unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
+        let rel = path.strip_prefix('/').unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
         self.files.push((PathBuf::from(rel), contents.to_owned()));
         self
     }
@@ -449,11 +398,8 @@ impl Builder {
     /// Places a symlink at an absolute path inside the container before boot, for example
     /// `/usr/local/bin/conjure` → `/payload/conjure`, so that example units run unchanged.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
-        let rel = path
-            .strip_prefix('/')
-            .unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
-        self.symlinks
-            .push((PathBuf::from(rel), PathBuf::from(target)));
+        let rel = path.strip_prefix('/').unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
+        self.symlinks.push((PathBuf::from(rel), PathBuf::from(target)));
         self
     }
 
@@ -488,13 +434,7 @@ impl Container {
     /// Boots a container with `units` (file name, contents) installed in
     /// `/etc/systemd/system/` and `payload_dir` bind-mounted read-only at `/payload`.
     pub fn boot(units: &[(&str, &str)], payload_dir: &Path) -> Container {
-        units
-            .iter()
-            .fold(Self::builder(), |b, (name, contents)| {
-                b.unit(name, contents)
-            })
-            .payload(payload_dir)
-            .boot()
+        units.iter().fold(Self::builder(), |b, (name, contents)| b.unit(name, contents)).payload(payload_dir).boot()
     }
 
     /// For more than units and a payload: files anywhere, no payload.
@@ -503,15 +443,10 @@ impl Container {
     }
 
     fn launch(spec: Builder) -> Container {
-        let lower = prepared().unwrap_or_else(|why| {
-            panic!("systemd suite not available ({why}); call suite_available() first")
-        });
+        let lower = prepared()
+            .unwrap_or_else(|why| panic!("systemd suite not available ({why}); call suite_available() first"));
         static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{PREFIX}{}-{}",
-            owner_tag(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{PREFIX}{}-{}", owner_tag(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = scratch_root().join(&name);
         let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
         for d in [&upper, &work, &merged] {
@@ -533,10 +468,7 @@ impl Container {
         // never hold either, but a CONJURE_* override might.
         for p in [lower, &upper, &work] {
             let s = p.to_string_lossy();
-            assert!(
-                !s.contains([',', ':']),
-                "overlay path {s:?} holds ',' or ':'"
-            );
+            assert!(!s.contains([',', ':']), "overlay path {s:?} holds ',' or ':'");
         }
 
         let cgroups: Vec<PathBuf> = hierarchies().iter().map(|h| h.join(&name)).collect();
@@ -555,29 +487,19 @@ for cg in $CONJURE_CGROUPS; do echo $$ > "$cg/cgroup.procs"; done
 mount -t overlay overlay -o "lowerdir=$CONJURE_LOWER,upperdir=$CONJURE_UPPER,workdir=$CONJURE_WORK" "$CONJURE_MERGED"
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd/nspawn
 exec "$@""#;
-        let cgroup_list: Vec<String> = cgroups
-            .iter()
-            .map(|c| c.to_string_lossy().into_owned())
-            .collect();
+        let cgroup_list: Vec<String> = cgroups.iter().map(|c| c.to_string_lossy().into_owned()).collect();
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "TERM", "--"])
             .args(["unshare", "--mount", "--propagation", "private", "--"])
             .args(["sh", "-c", setup, "sh"])
             .arg("systemd-nspawn")
-            .args([
-                "--register=no",
-                "--keep-unit",
-                "--boot",
-                "--private-network",
-            ])
+            .args(["--register=no", "--keep-unit", "--boot", "--private-network"])
             .args(["--console=read-only", "--kill-signal=SIGRTMIN+4"])
             .arg(format!("--machine={name}"))
             .arg("--directory")
             .arg(&merged);
         if let Some(p) = &spec.payload {
-            let p = p
-                .canonicalize()
-                .unwrap_or_else(|e| panic!("payload dir {}: {e}", p.display()));
+            let p = p.canonicalize().unwrap_or_else(|e| panic!("payload dir {}: {e}", p.display()));
             cmd.arg(format!("--bind-ro={}:/payload", p.display()));
         }
         cmd.env_clear()
@@ -594,22 +516,12 @@ exec "$@""#;
 
         let started = Instant::now();
         let nspawn = cmd.spawn().expect("spawn systemd-nspawn");
-        let mut c = Container {
-            name,
-            dir,
-            cgroups,
-            nspawn,
-            pid1: 0,
-            booted_in: Duration::ZERO,
-            _not_send: PhantomData,
-        };
+        let mut c =
+            Container { name, dir, cgroups, nspawn, pid1: 0, booted_in: Duration::ZERO, _not_send: PhantomData };
         // From here on, Drop cleans up whatever happens.
         c.wait_for_bus(started + BOOT_DEADLINE);
         let remaining = (started + BOOT_DEADLINE).saturating_duration_since(Instant::now());
-        let out = c.exec_timeout(
-            &["systemctl", "is-system-running", "--wait"],
-            remaining.max(Duration::from_secs(1)),
-        );
+        let out = c.exec_timeout(&["systemctl", "is-system-running", "--wait"], remaining.max(Duration::from_secs(1)));
         let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         match state.as_str() {
             "running" => {}
@@ -665,10 +577,7 @@ exec "$@""#;
     /// Panics with `why` and nspawn's output so far. Drop then cleans up.
     fn fail(&self, why: &str) -> ! {
         let log = self.console_log();
-        panic!(
-            "container {}: {why}\n--- systemd-nspawn output ---\n{log}--- end ---",
-            self.name
-        );
+        panic!("container {}: {why}\n--- systemd-nspawn output ---\n{log}--- end ---", self.name);
     }
 
     /// Runs a command inside the container (all its namespaces, its root and cwd) and returns
@@ -768,9 +677,7 @@ exec "$@""#;
     /// container, which `/proc/PID1/root/...` would not do); None when it cannot be read.
     pub fn read_file(&self, path: &str) -> Option<String> {
         let out = self.exec(&["cat", "--", path]);
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The host pid of a process the container knows as `pid` (None when there is none).
@@ -852,10 +759,7 @@ exec "$@""#;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        eprintln!(
-            "systemd harness: WARNING: {} did not power off within {POWEROFF_DEADLINE:?}; killing it",
-            self.name
-        );
+        eprintln!("systemd harness: WARNING: {} did not power off within {POWEROFF_DEADLINE:?}; killing it", self.name);
         for cg in &self.cgroups {
             for pid in cgroup_pids(cg) {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -874,20 +778,11 @@ impl Drop for Container {
             remove_cgroup(cg);
         }
         if is_mounted_under(&self.dir) {
-            eprintln!(
-                "systemd harness: WARNING: {} is still mounted; unmounting",
-                self.dir.display()
-            );
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.join("merged"))
-                .status();
+            eprintln!("systemd harness: WARNING: {} is still mounted; unmounting", self.dir.display());
+            let _ = Command::new("umount").arg("-l").arg(self.dir.join("merged")).status();
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
-            eprintln!(
-                "systemd harness: WARNING: remove {}: {e}",
-                self.dir.display()
-            );
+            eprintln!("systemd harness: WARNING: remove {}: {e}", self.dir.display());
         }
     }
 }

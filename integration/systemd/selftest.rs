@@ -37,10 +37,7 @@ fn simple_unit_installed_before_boot_runs_and_stops_cleanly() {
     eprintln!("booted in {:?}", c.boot_time());
 
     c.start("sleep.service");
-    let s = c.show(
-        "sleep.service",
-        &["ActiveState", "SubState", "MainPID", "Type"],
-    );
+    let s = c.show("sleep.service", &["ActiveState", "SubState", "MainPID", "Type"]);
     assert_eq!(s["ActiveState"], "active", "{s:?}");
     assert_eq!(s["Type"], "simple", "{s:?}");
     let main_pid: u32 = s["MainPID"].parse().expect("MainPID is a number");
@@ -55,21 +52,16 @@ fn simple_unit_installed_before_boot_runs_and_stops_cleanly() {
 
     c.stop("sleep.service");
     // `systemctl stop` waits for the stop job; the wait is only a bound, should that change.
-    wait_for(
-        "sleep.service to be inactive",
-        Duration::from_secs(30),
-        || (c.prop("sleep.service", "ActiveState") == "inactive").then_some(()),
-    );
+    wait_for("sleep.service to be inactive", Duration::from_secs(30), || {
+        (c.prop("sleep.service", "ActiveState") == "inactive").then_some(())
+    });
     let s = c.show("sleep.service", &["ActiveState", "Result", "MainPID"]);
     assert_eq!(s["ActiveState"], "inactive", "{s:?}");
     assert_eq!(s["Result"], "success", "{s:?}");
     assert_eq!(s["MainPID"], "0", "{s:?}");
     assert!(
         !Path::new(&format!("/proc/{host}")).exists()
-            || fs::read_to_string(format!("/proc/{host}/comm"))
-                .ok()
-                .as_deref()
-                != Some("sleep\n"),
+            || fs::read_to_string(format!("/proc/{host}/comm")).ok().as_deref() != Some("sleep\n"),
         "the stopped service's process {host} still runs"
     );
 
@@ -87,10 +79,7 @@ fn payload_is_mounted_read_only() {
     }
     let payload = payload_with_marker();
     let c = Container::boot(&[], payload.path());
-    assert_eq!(
-        c.read_file("/payload/marker").as_deref(),
-        Some("from the host\n")
-    );
+    assert_eq!(c.read_file("/payload/marker").as_deref(), Some("from the host\n"));
     let touch = c.exec(&["touch", "/payload/new"]);
     assert!(!touch.status.success(), "writing into /payload succeeded");
     assert!(!payload.path().join("new").exists());
@@ -133,37 +122,20 @@ fn dropping_a_container_leaves_no_process_mount_or_cgroup() {
         t
     };
 
-    for (what, pid) in [
-        ("nspawn", traces.nspawn),
-        ("container init", traces.pid1),
-        ("service", traces.service),
-    ] {
+    for (what, pid) in [("nspawn", traces.nspawn), ("container init", traces.pid1), ("service", traces.service)] {
         // A pid may be reused by then; what must not exist is the same process.
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists() || !in_cgroups(pid, &traces.name),
             "{what} (pid {pid}) survived the drop"
         );
     }
-    assert_eq!(
-        process_named(&traces.name),
-        None,
-        "a process naming {} survived",
-        traces.name
-    );
+    assert_eq!(process_named(&traces.name), None, "a process naming {} survived", traces.name);
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(
-        !mountinfo.contains(&traces.name),
-        "a mount of {} remains:\n{mountinfo}",
-        traces.name
-    );
+    assert!(!mountinfo.contains(&traces.name), "a mount of {} remains:\n{mountinfo}", traces.name);
     for cg in &traces.cgroups {
         assert!(!cg.exists(), "cgroup {} remains", cg.display());
     }
-    assert!(
-        !traces.scratch.exists(),
-        "scratch dir {} remains",
-        traces.scratch.display()
-    );
+    assert!(!traces.scratch.exists(), "scratch dir {} remains", traces.scratch.display());
 }
 
 #[test]
@@ -197,8 +169,7 @@ fn two_containers_boot_in_parallel() {
 /// A process whose command line mentions `needle` (the machine name is in nspawn's).
 fn process_named(needle: &str) -> Option<u32> {
     super::all_pids().into_iter().find(|pid| {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
     })
 }
 
