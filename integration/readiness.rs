@@ -197,6 +197,17 @@ fn fd_source_waits_for_a_newline_on_that_fd() {
 }
 
 #[test]
+fn fd_source_at_the_lowest_free_fd_does_not_collide_with_conjures_own_fds() {
+    // With a pidfile, /dev/null and the report pipe, conjure's own fds would take 3, 4, 5, …
+    for n in ["3", "4", "5", "6"] {
+        let s = Scratch::new();
+        launch(&s, &["--ready-on", &format!("fd:{n}"), "--ready-timeout", "10s"], 0, &["fd-write", n]).expect_success();
+        let d = Daemon::from_pidfile(&s.join("d.pid"));
+        assert!(d.proc().fds().contains_key(&n.parse().unwrap()), "fd {n}: the program lacks its readiness fd");
+    }
+}
+
+#[test]
 fn file_source_waits_for_the_file() {
     let s = Scratch::new();
     let file = s.join("ready-file");

@@ -219,8 +219,9 @@ impl Launcher {
         }
         tracing::debug!(?sink, resident, foreground, "mode chosen");
 
-        // Keep the number a readiness fd must take free of every file opened until the fork.
-        let reserved = match self.source {
+        // Keep the number a readiness fd must take free of every file opened until the fork
+        // (the report pipe and the signalfd included): held until this function returns.
+        let _reserved = match self.source {
             Source::Fd(n) => {
                 sys::reserve_fd(n).map_err(|source| DaemonizeError::SystemError { call: "dup3", source })?
             }
@@ -234,7 +235,6 @@ impl Launcher {
         let mut plan = prepared.plan(None, &listen_fds, true);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
-        drop(reserved);
 
         if resident {
             prepared.write_own_pid()?;

@@ -780,6 +780,10 @@ pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
         return Ok(None);
     }
     let null = std::fs::File::open("/dev/null")?;
+    if null.as_raw_fd() == n {
+        // It took the lowest free number, which was `n` itself.
+        return Ok(Some(OwnedFd::from(null)));
+    }
     // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
     // thread that opens fds at this point of a launch).
     if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {
