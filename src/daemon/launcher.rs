@@ -278,9 +278,10 @@ impl Launcher {
                 return Ok(Outcome::Detached { watcher });
             }
         }
+        // Adopt the daemon when the intermediate child exits, so that its death is ours to see,
+        // with its status; the caller's own setting comes back afterwards.
+        let was_subreaper = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
         if self.source.needs_watch() {
-            // Adopt the daemon when the intermediate child exits, so that its death is ours to
-            // see, with its status.
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|e| prepared.abandon(DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e)))?;
         }
@@ -299,7 +300,7 @@ impl Launcher {
         } else {
             wait_for_exec(read_end, &prepared, &program)
         };
-        if self.source.needs_watch() {
+        if self.source.needs_watch() && !was_subreaper {
             let _ = nix::sys::prctl::set_child_subreaper(false);
         }
         match &result {
