@@ -468,10 +468,10 @@ fn foreground_execs_the_program_in_place() {
     let running = TestCommand::conjure(argv!["-f", "-p", &pidfile, "--", "sleep", "60"]).spawn();
     let pid = running.pid();
     let me = Proc(std::process::id() as i32).stat().unwrap();
-    wait_until(PATIENCE, "the foreground conjure to become sleep", || {
-        (Proc(pid).exe() == Some(sleep_exe())).then_some(())
+    // exec switches /proc/PID/exe before it sets up the new command line: wait for both.
+    wait_until(PATIENCE, "the foreground conjure to become `sleep 60`", || {
+        (Proc(pid).exe() == Some(sleep_exe()) && Proc(pid).cmdline() == ["sleep", "60"]).then_some(())
     });
-    assert_eq!(Proc(pid).cmdline(), ["sleep", "60"]);
     assert_eq!(read_pidfile(&pidfile), pid, "the pidfile should name the process conjure became");
     let stat = Proc(pid).stat().unwrap();
     assert_eq!(stat.ppid, std::process::id() as i32, "foreground mode forked");

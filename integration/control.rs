@@ -219,6 +219,7 @@ fn stop_never_signals_a_daemon_started_without_a_lock() {
     out.assert_code(0);
     assert_eq!(out.stdout, format!("{}: not running\n", pidfile.display()));
     assert!(daemon.proc().alive(), "stop signalled a pid without a lock vouching for it");
+    assert_eq!(read_pidfile(&pidfile), daemon.pid, "stop deleted the pidfile of a live process");
 }
 
 #[test]

@@ -248,7 +248,7 @@ fn report_error_carries_its_code_and_message_to_the_launcher() {
     let s = Scratch::new();
     let pidfile = s.join("d.pid");
     let out = lib(argv!["--pidfile", &pidfile, "error", "42", "the disk is on fire"]).run();
-    assert_failed_cleanly(&out, 42, "the disk is on fire", &s, &pidfile);
+    assert_failed_cleanly(&out, 42, "libdaemon: the disk is on fire", &s, &pidfile);
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn dropped_context_makes_the_launcher_exit_70_and_say_so() {
     out.assert_code(70);
     let line = out.one_line_of_stderr();
     let pid: i32 = line
-        .strip_prefix("daemon (pid ")
+        .strip_prefix("libdaemon: daemon (pid ")
         .and_then(|r| r.split(')').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the message should name the daemon\n{out}"));
@@ -275,7 +275,7 @@ fn daemon_that_exits_before_ready_makes_the_launcher_exit_70() {
     let s = Scratch::new();
     let pidfile = s.join("d.pid");
     let out = lib(argv!["--pidfile", &pidfile, "die"]).run();
-    assert_failed_cleanly(&out, 70, "daemon (pid …", &s, &pidfile);
+    assert_failed_cleanly(&out, 70, "libdaemon: daemon (pid …", &s, &pidfile);
 }
 
 #[test]

@@ -17,3 +17,4 @@ mod initscript;
 mod library;
 mod readiness;
 mod systemd;
+mod tidy;

@@ -197,6 +197,17 @@ fn fd_source_waits_for_a_newline_on_that_fd() {
 }
 
 #[test]
+fn fd_source_at_the_lowest_free_fd_does_not_collide_with_conjures_own_fds() {
+    // With a pidfile, /dev/null and the report pipe, conjure's own fds would take 3, 4, 5, …
+    for n in ["3", "4", "5", "6"] {
+        let s = Scratch::new();
+        launch(&s, &["--ready-on", &format!("fd:{n}"), "--ready-timeout", "10s"], 0, &["fd-write", n]).expect_success();
+        let d = Daemon::from_pidfile(&s.join("d.pid"));
+        assert!(d.proc().fds().contains_key(&n.parse().unwrap()), "fd {n}: the program lacks its readiness fd");
+    }
+}
+
+#[test]
 fn file_source_waits_for_the_file() {
     let s = Scratch::new();
     let file = s.join("ready-file");
@@ -441,4 +452,67 @@ fn as_pid1_conjure_reaps_zombies_and_exits_with_the_programs_code() {
         (zombies == 0 && children(conjure).iter().all(|p| *p == program)).then_some(())
     });
     running.wait().assert_code(4);
+}
+
+/// Every source with every sink that makes sense in the background: the launcher (or, for the
+/// pidfile sink, its watcher) reports ready only after the program is, through that sink.
+#[test]
+fn every_source_works_with_every_sink() {
+    for source in ["notify", "fd:5", "tcp", "unix", "file", "cmd"] {
+        for sink in ["pipe", "notify", "pidfile", "fd:6"] {
+            let s = Scratch::new();
+            let port = free_port().to_string();
+            let file = s.join("ready-file");
+            let sock = s.join("app.sock");
+            let (source_arg, mode): (String, Vec<String>) = match source {
+                "notify" => ("notify".into(), vec!["notify".into(), "READY=1".into()]),
+                "fd:5" => ("fd:5".into(), vec!["fd-write".into(), "5".into()]),
+                "tcp" => (format!("tcp:127.0.0.1:{port}"), vec!["listen-tcp".into(), port.clone()]),
+                "unix" => (format!("unix:{}", sock.display()), vec!["listen-unix".into(), sock.display().to_string()]),
+                "file" => (format!("file:{}", file.display()), vec!["touch".into(), file.display().to_string()]),
+                _ => (format!("cmd:test -e {}", file.display()), vec!["touch".into(), file.display().to_string()]),
+            };
+            let sup = FakeSupervisor::new(&s);
+            let sink_file = s.join("sink");
+            let mut c = TestCommand::new("sh");
+            c.args(["-c", r#"exec "$@" 6>"$SINK""#, "sh"]).env("SINK", &sink_file).env("NOTIFY_SOCKET", &sup.path);
+            c.args([conjure_bin()]).args(["-p"]).args([s.join("d.pid")]);
+            c.args(["--ready-on", &source_arg, "--readiness", sink, "--"]).args([readyprog()]);
+            c.args([OsString::from("--marker"), s.join("marker").into()]).args(["--delay", "150"]).args(&mode);
+            let out = c.run();
+            out.assert_code(0);
+            let what = format!("{source} -> {sink}");
+            match sink {
+                "pidfile" => {
+                    wait_until(PATIENCE, &format!("{what}: the pidfile"), || s.join("d.pid").exists().then_some(()));
+                }
+                "notify" => {
+                    let m = sup.next();
+                    assert!(m.ends_with("READY=1\n") && m.starts_with("MAINPID="), "{what}: {m:?}");
+                }
+                "fd:6" => assert_eq!(std::fs::read_to_string(&sink_file).unwrap(), "\n", "{what}"),
+                _ => {}
+            }
+            assert!(s.join("marker").exists(), "{what}: reported ready before the program was");
+            let d = Daemon::from_pidfile(&s.join("d.pid"));
+            assert!(d.proc().alive(), "{what}: the daemon is not running");
+        }
+    }
+}
+
+#[test]
+fn idle_resident_conjure_makes_no_wakeups() {
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let running = resident(&s, &sup, &["--ready-on", "notify"], 0, &["notify", "READY=1"]);
+    assert_eq!(sup.next(), "READY=1\n");
+    let conjure = running.pid();
+    let switches = || {
+        let p = Proc(conjure);
+        (p.status("voluntary_ctxt_switches"), p.status("nonvoluntary_ctxt_switches"))
+    };
+    let before = switches();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(switches(), before, "resident conjure woke up while nothing happened");
+    drop(running);
 }

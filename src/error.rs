@@ -150,11 +150,13 @@ pub enum DaemonizeError {
     },
 }
 
-/// An OS error as an operator reads it: "Permission denied", without Rust's "(os error 13)".
+/// An OS error as an operator reads it: the C library's wording ("Permission denied"),
+/// without Rust's " (os error 13)".
 pub(crate) fn why(err: &io::Error) -> String {
+    let text = err.to_string();
     match err.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => err.to_string(),
+        Some(code) => text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_string(),
+        None => text,
     }
 }
 

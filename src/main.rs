@@ -190,9 +190,17 @@ fn init_tracing(verbose: bool) {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other failure: clap's first line, without its "error: ".
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("conjure: {} (see `conjure --help`)", first.trim_start_matches("error: "));
+            return ExitCode::from(exit::USAGE as u8);
         }
     };
     let code = match cli.command {

@@ -93,8 +93,13 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
     let pid = match pidfile::probe(pidfile) {
         Ok(Probe::Missing) => return Ok(Stopped::NotRunning),
         Ok(Probe::Unlocked(pid)) => {
-            tracing::debug!(?pid, "pidfile is stale (unlocked); nothing to signal");
-            remove_if_unlocked(pidfile);
+            // Nothing vouches for the pid. If it names a live process, that is a stranger that
+            // reused the number or a daemon started with --no-lock: signal neither, and keep the
+            // file, which may still be someone's. A pidfile naming a dead pid is removed.
+            tracing::debug!(?pid, "pidfile is not locked; nothing to signal");
+            if !pid.is_some_and(alive) {
+                remove_if_unlocked(pidfile);
+            }
             return Ok(Stopped::NotRunning);
         }
         Ok(Probe::Locked(Some(pid))) => pid,
@@ -178,8 +183,14 @@ fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
     }
 }
 
+/// Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it.
 fn alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st == "Z")))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 /// Waits until the process exits: poll on its pidfd, or (old kernels) on `kill(pid, 0)`.

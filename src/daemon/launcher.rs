@@ -219,8 +219,9 @@ impl Launcher {
         }
         tracing::debug!(?sink, resident, foreground, "mode chosen");
 
-        // Keep the number a readiness fd must take free of every file opened until the fork.
-        let reserved = match self.source {
+        // Keep the number a readiness fd must take free of every file opened until the fork
+        // (the report pipe and the signalfd included): held until this function returns.
+        let _reserved = match self.source {
             Source::Fd(n) => {
                 sys::reserve_fd(n).map_err(|source| DaemonizeError::SystemError { call: "dup3", source })?
             }
@@ -234,7 +235,6 @@ impl Launcher {
         let mut plan = prepared.plan(None, &listen_fds, true);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
-        drop(reserved);
 
         if resident {
             prepared.write_own_pid()?;
@@ -278,9 +278,10 @@ impl Launcher {
                 return Ok(Outcome::Detached { watcher });
             }
         }
+        // Adopt the daemon when the intermediate child exits, so that its death is ours to see,
+        // with its status; the caller's own setting comes back afterwards.
+        let was_subreaper = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
         if self.source.needs_watch() {
-            // Adopt the daemon when the intermediate child exits, so that its death is ours to
-            // see, with its status.
             nix::sys::prctl::set_child_subreaper(true)
                 .map_err(|e| prepared.abandon(DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e)))?;
         }
@@ -299,7 +300,7 @@ impl Launcher {
         } else {
             wait_for_exec(read_end, &prepared, &program)
         };
-        if self.source.needs_watch() {
+        if self.source.needs_watch() && !was_subreaper {
             let _ = nix::sys::prctl::set_child_subreaper(false);
         }
         match &result {

@@ -357,7 +357,10 @@ pub(crate) fn daemonize_with(
             let code = match wait_for_library_daemon(read_end, &prepared) {
                 Ok(()) => 0,
                 Err(err) => {
-                    eprintln!("{err}");
+                    // Prefixed like any command's complaint: the launcher is the user's program.
+                    let me = std::env::args_os().next().map(PathBuf::from);
+                    let name = me.as_deref().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
+                    eprintln!("{}: {err}", name.unwrap_or_else(|| "daemon".into()));
                     prepared.remove_pidfile();
                     err.exit_code()
                 }

@@ -581,6 +581,36 @@ fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// In the first child of a double fork: `setsid`, fork again, and let the intermediate process
+/// exit, so that the grandchild is no session leader and is reparented. Returns only in the
+/// grandchild; failures are reported on the pipe. Async-signal-safe.
+fn second_fork(plan: &ChildPlan) {
+    // SAFETY: setsid has no preconditions.
+    if unsafe { libc::setsid() } == -1 {
+        report_failure(plan.report, fail(Stage::Setsid));
+        exit_now(1);
+    }
+    // SAFETY: the grandchild runs only async-signal-safe code until it execs or, in the library's
+    // single-threaded case, returns.
+    match unsafe { fork() } {
+        Err(_) => {
+            report_failure(plan.report, fail(Stage::Fork));
+            exit_now(1);
+        }
+        Ok(Fork::Parent(_)) => exit_now(0),
+        Ok(Fork::Child) => {}
+    }
+}
+
+/// Runs [`setup`] in a freshly forked child; a failure is reported and ends the child.
+fn set_up_or_die(plan: &ChildPlan) {
+    // SAFETY: called only in a child right after fork, with a plan sealed before the fork.
+    if let Err(failure) = unsafe { setup(plan, true) } {
+        report_failure(plan.report, failure);
+        exit_now(1);
+    }
+}
+
 /// What [`spawn`] returns in the launcher.
 #[derive(Debug)]
 pub(crate) struct Spawned {
@@ -625,26 +655,9 @@ pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, 
         }
         Fork::Child => {
             if double_fork {
-                // SAFETY: setsid has no preconditions.
-                if unsafe { libc::setsid() } == -1 {
-                    report_failure(plan.report, fail(Stage::Setsid));
-                    exit_now(1);
-                }
-                // SAFETY: as above: the grandchild runs only async-signal-safe code.
-                match unsafe { fork() } {
-                    Err(_) => {
-                        report_failure(plan.report, fail(Stage::Fork));
-                        exit_now(1);
-                    }
-                    Ok(Fork::Parent(_)) => exit_now(0),
-                    Ok(Fork::Child) => {}
-                }
+                second_fork(plan);
             }
-            // SAFETY: we are in the freshly forked child; plan was sealed before the fork.
-            if let Err(failure) = unsafe { setup(plan, true) } {
-                report_failure(plan.report, failure);
-                exit_now(1);
-            }
+            set_up_or_die(plan);
             let failure = match plan.exec.as_mut() {
                 // SAFETY: in the child, on its own copy of the plan.
                 Some(exec_plan) => unsafe { exec(exec_plan) },
@@ -677,25 +690,8 @@ pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Res
             Ok(Side::Launcher { child })
         }
         Fork::Child => {
-            // SAFETY: setsid has no preconditions.
-            if unsafe { libc::setsid() } == -1 {
-                report_failure(plan.report, fail(Stage::Setsid));
-                exit_now(1);
-            }
-            // SAFETY: single-threaded, see above.
-            match unsafe { fork() } {
-                Err(_) => {
-                    report_failure(plan.report, fail(Stage::Fork));
-                    exit_now(1);
-                }
-                Ok(Fork::Parent(_)) => exit_now(0),
-                Ok(Fork::Child) => {}
-            }
-            // SAFETY: freshly forked; the plan was sealed before the fork.
-            if let Err(failure) = unsafe { setup(plan, true) } {
-                report_failure(plan.report, failure);
-                exit_now(1);
-            }
+            second_fork(plan);
+            set_up_or_die(plan);
             // The guard's saved mask is the launcher's; setup already cleared the daemon's.
             std::mem::forget(guard);
             Ok(Side::Daemon)
@@ -784,6 +780,10 @@ pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
         return Ok(None);
     }
     let null = std::fs::File::open("/dev/null")?;
+    if null.as_raw_fd() == n {
+        // It took the lowest free number, which was `n` itself.
+        return Ok(Some(OwnedFd::from(null)));
+    }
     // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
     // thread that opens fds at this point of a launch).
     if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {

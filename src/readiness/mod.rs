@@ -8,9 +8,9 @@
 //!
 //! Which process runs what:
 //! - parsing and validation: the launcher, before any fork;
-//! - hosting the notify socket, the fd pipe, inotify and probes ([`wait`]): the launcher
+//! - hosting the notify socket, the fd pipe, inotify and probes (`wait.rs`): the launcher
 //!   while it waits (or resident conjure, which is the launcher staying alive);
-//! - the sinks ([`sink`]): the launcher once the source said "ready", except the pipe sink of a
+//! - the sinks (`sink.rs`): the launcher once the source said "ready", except the pipe sink of a
 //!   library daemon, which the daemon itself writes through
 //!   [`DaemonContext::notify_parent`](crate::DaemonContext::notify_parent).
 
