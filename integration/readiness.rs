@@ -511,7 +511,16 @@ fn idle_resident_conjure_makes_no_wakeups() {
         let p = Proc(conjure);
         (p.status("voluntary_ctxt_switches"), p.status("nonvoluntary_ctxt_switches"))
     };
-    let before = switches();
+    // Once conjure has settled into its wait (two readings 100 ms apart agree), a whole second
+    // must pass without it running at all.
+    let mut last = switches();
+    let before = wait_until(PATIENCE, "resident conjure to settle", || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = switches();
+        let settled = now == last;
+        last = now.clone();
+        settled.then_some(now)
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(switches(), before, "resident conjure woke up while nothing happened");
     drop(running);
