@@ -24,6 +24,7 @@ use crate::daemon::resident::Resident;
 use crate::daemon::sys::{self, ExecPlan};
 use crate::daemon::{Chown, PidfileMode, Prepared, cstring, reap, report};
 use crate::error::DaemonizeError;
+use crate::readiness::notify::{self, NotifyHost};
 use crate::readiness::wait::{Armed, NotReady, Waiter};
 use crate::readiness::{Sink, SinkChoice, Source, sink};
 
@@ -199,7 +200,9 @@ impl Launcher {
         let program = resolve_program(&self.program, self.search_path().as_deref())?;
         tracing::debug!(program = %program.display(), source = %self.source, "program resolved");
         let foreground = self.config.foreground;
-        let sink = self.sink.resolve(foreground, &self.source);
+        // Resident because of the source or the flags; a sink may add to it (below).
+        let stays = self.supervise || std::process::id() == 1 || (foreground && self.source.needs_watch());
+        let sink = self.sink.resolve(foreground, stays);
         sink::validate(sink)?;
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
             return Err(DaemonizeError::invalid("the pidfile readiness sink needs a pidfile (-p)"));
@@ -209,9 +212,7 @@ impl Launcher {
                 return Err(DaemonizeError::invalid(format!("readiness fd {n} is already an fd the program keeps")));
             }
         }
-        let resident = self.supervise
-            || std::process::id() == 1
-            || (foreground && (self.source.needs_watch() || matches!(sink, Sink::Fd(_) | Sink::Pidfile)));
+        let resident = stays || (foreground && matches!(sink, Sink::Fd(_) | Sink::Pidfile));
         if resident && !foreground {
             return Err(DaemonizeError::invalid(
                 "--supervise runs in the foreground (-f); a supervised background daemon is not supported yet",
@@ -230,8 +231,20 @@ impl Launcher {
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(&self.config, Chown::Now, mode)?;
         let mut armed = Armed::arm(&self.source)?;
+        // A resident conjure that notifies is the main process: whatever the program says over
+        // sd_notify must come through conjure, so the program gets conjure's socket, not the
+        // supervisor's, even when it is not the readiness source.
+        let relay_host = if resident && sink == Sink::Notify && !matches!(armed, Armed::Notify(_)) {
+            Some(
+                NotifyHost::bind()
+                    .map_err(|source| DaemonizeError::SystemError { call: "binding the notify socket", source })?,
+            )
+        } else {
+            None
+        };
+        let source_env = armed.env().or_else(|| relay_host.as_ref().map(|h| (notify::NOTIFY_SOCKET, h.env_value())));
         let listen_fds = listen_fds();
-        let exec = self.exec_plan(&program, &prepared, !listen_fds.is_empty(), armed.env())?;
+        let exec = self.exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env)?;
         let mut plan = prepared.plan(None, &listen_fds, true);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
@@ -243,6 +256,7 @@ impl Launcher {
                 prepared: &mut prepared,
                 plan,
                 armed,
+                relay_host,
                 sink,
                 timeout: self.ready_timeout,
                 kill_after: self.kill_after,

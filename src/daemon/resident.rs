@@ -49,6 +49,9 @@ pub(crate) struct Resident<'a> {
     pub prepared: &'a mut Prepared,
     pub plan: ChildPlan,
     pub armed: Armed,
+    /// With the notify sink and another source: the socket the program's sd_notify messages
+    /// come to, to be relayed.
+    pub relay_host: Option<notify::NotifyHost>,
     pub sink: Sink,
     pub timeout: Option<Duration>,
     pub kill_after: Duration,
@@ -113,7 +116,7 @@ impl Resident<'_> {
         sink::ready(self.sink, None, if relay { None } else { waiter.status.as_deref() })?;
         let notify_host = match &self.armed {
             Armed::Notify(host) => Some(host),
-            _ => None,
+            _ => self.relay_host.as_ref(),
         };
         let ended = supervise(pid, target, &signals, notify_host, relay, waiter.reaped);
         self.prepared.remove_pidfile();

@@ -137,8 +137,8 @@ pub enum Sink {
 /// `--readiness`: a sink, or `auto` to choose as design section 1 says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SinkChoice {
-    /// Notify in the foreground when `NOTIFY_SOCKET` is set and the source is not `exec`;
-    /// otherwise the pipe.
+    /// Notify in the foreground when `NOTIFY_SOCKET` is set and conjure stays resident (a
+    /// source to watch, `--supervise`, PID 1); otherwise the pipe.
     #[default]
     Auto,
     /// This sink.
@@ -146,13 +146,11 @@ pub enum SinkChoice {
 }
 
 impl SinkChoice {
-    /// The sink this choice means for a launch in `foreground` mode with `source`.
-    pub fn resolve(self, foreground: bool, source: &Source) -> Sink {
+    /// The sink this choice means for a launch in `foreground` mode, `resident` or not.
+    pub fn resolve(self, foreground: bool, resident: bool) -> Sink {
         match self {
             SinkChoice::Sink(s) => s,
-            SinkChoice::Auto if foreground && source.needs_watch() && std::env::var_os("NOTIFY_SOCKET").is_some() => {
-                Sink::Notify
-            }
+            SinkChoice::Auto if foreground && resident && std::env::var_os("NOTIFY_SOCKET").is_some() => Sink::Notify,
             SinkChoice::Auto => Sink::Pipe,
         }
     }
