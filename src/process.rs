@@ -28,6 +28,16 @@ fn raw_waitpid(pid: i32, flags: WaitPidFlag) -> io::Result<Option<WaitStatus>> {
     }
 }
 
+/// `/proc/PID/stat`'s state letter and parent pid, read after the last `)` since the command
+/// name may hold spaces and parentheses. `None` when the process is gone.
+pub(crate) fn proc_state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.iter().rposition(|b| *b == b')')?;
+    let mut rest = std::str::from_utf8(&stat[close + 1..]).ok()?.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
 /// Waits for child `pid` to change state and returns its raw status; retries on EINTR.
 pub fn waitpid(pid: i32) -> io::Result<WaitStatus> {
     raw_waitpid(pid, WaitPidFlag::empty()).map(|s| s.unwrap_or(0))

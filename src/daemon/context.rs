@@ -110,12 +110,10 @@ impl DaemonContext {
 
     /// The pidfile sink: renames the locked temporary pidfile into place.
     fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
-        let (Some(temp), Some(path)) = (self.pidfile_temp.take(), self.config.pidfile.clone()) else { return Ok(()) };
-        if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(&path) {
-            self.pidfile_temp = Some(temp);
-            return Err(DaemonizeError::LockConflict { path, pid });
-        }
-        std::fs::rename(&temp, &path).map_err(|source| DaemonizeError::PidfileError { path, source })
+        let (Some(temp), Some(path)) = (&self.pidfile_temp, &self.config.pidfile) else { return Ok(()) };
+        pidfile::publish(temp, path)?;
+        self.pidfile_temp = None;
+        Ok(())
     }
 
     /// Overrides the config's `cleanup_on_drop`.

@@ -175,7 +175,8 @@ fn holders(path: &Path) -> Vec<i32> {
         .collect()
 }
 
-fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
+/// Signals `pid` through its pidfd when there is one (never a reused pid), else with kill(2).
+pub(crate) fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
     match pidfd {
         Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
         None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::try_from(signal).ok())
@@ -186,10 +187,7 @@ fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
 /// Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it.
 fn alive(pid: i32) -> bool {
     let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st == "Z")))
-        .unwrap_or(false);
+    let zombie = crate::process::proc_state_and_parent(pid).is_some_and(|(state, _)| state == 'Z');
     exists && !zombie
 }
 

@@ -249,13 +249,9 @@ impl Prepared {
     /// The pidfile sink's moment: renames the temporary pidfile over the pidfile, unless another
     /// instance locked that one in the meantime.
     pub(crate) fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
-        let (Some(temp), Some(path)) = (self.pidfile_temp.take(), self.config.pidfile.clone()) else { return Ok(()) };
-        if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(&path) {
-            self.pidfile_temp = Some(temp);
-            return Err(DaemonizeError::LockConflict { path, pid });
-        }
-        std::fs::rename(&temp, &path).map_err(|source| DaemonizeError::PidfileError { path: path.clone(), source })?;
-        tracing::debug!(path = %path.display(), "pidfile published");
+        let (Some(temp), Some(path)) = (&self.pidfile_temp, &self.config.pidfile) else { return Ok(()) };
+        pidfile::publish(temp, path)?;
+        self.pidfile_temp = None;
         Ok(())
     }
 

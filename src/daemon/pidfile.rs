@@ -87,6 +87,17 @@ pub(crate) fn temp_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(format!(".{name}.conjure-{}", std::process::id()))
 }
 
+/// The pidfile sink's moment: renames the locked temporary pidfile `temp` over `path`, unless
+/// another instance holds `path`'s lock by now.
+pub(crate) fn publish(temp: &Path, path: &Path) -> Result<(), DaemonizeError> {
+    if let Ok(Probe::Locked(pid)) = probe(path) {
+        return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid });
+    }
+    std::fs::rename(temp, path).map_err(|source| DaemonizeError::PidfileError { path: path.to_path_buf(), source })?;
+    tracing::debug!(path = %path.display(), "pidfile published");
+    Ok(())
+}
+
 /// Whether `path` (not followed) still names the file open as `file`.
 pub(crate) fn names_same_inode(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {

@@ -161,10 +161,7 @@ pub(crate) fn is_descendant(pid: i32, ancestor: i32) -> bool {
 
 /// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
 pub(crate) fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|b| *b == b')')?;
-    let rest = std::str::from_utf8(&stat[close + 1..]).ok()?;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    crate::process::proc_state_and_parent(pid).map(|(_, ppid)| ppid)
 }
 
 /// The supervisor's socket from `NOTIFY_SOCKET`, if set: a path, or `@name` in the abstract

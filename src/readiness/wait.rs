@@ -468,16 +468,8 @@ impl Waiter {
         if self.pid <= 0 {
             return;
         }
-        let pidfd = self.pidfd.as_ref().map(|f| f.try_clone()).transpose().ok().flatten();
-        let pid = self.pid;
-        let signal = |sig: i32| match &pidfd {
-            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), sig).is_ok(),
-            None => {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::try_from(sig).ok())
-                    .is_ok()
-            }
-        };
-        if !signal(libc::SIGTERM) {
+        let signal = |w: &Waiter, sig: i32| crate::daemon::control::send(w.pidfd.as_ref(), w.pid, sig).is_ok();
+        if !signal(self, libc::SIGTERM) {
             let _ = self.exited();
             return;
         }
@@ -486,7 +478,7 @@ impl Waiter {
         while self.exited().is_none() {
             if Instant::now() >= deadline {
                 tracing::debug!(pid = self.pid, "still running after the grace period: SIGKILL");
-                signal(libc::SIGKILL);
+                signal(self, libc::SIGKILL);
                 let _ = crate::process::waitpid(self.pid);
                 return;
             }
