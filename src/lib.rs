@@ -18,7 +18,7 @@
 //!
 //! - Between `fork` and `exec` the child runs only async-signal-safe syscalls prepared before
 //!   the fork: no allocation, no locks, no logging.
-//! - All `unsafe` lives in one module (`src/daemon/sys.rs`); this crate denies it elsewhere.
+//! - All `unsafe` lives in one module (`src/daemon/sys/`); this crate denies it elsewhere.
 //! - The library exits a process only where its contract says so: the original process inside
 //!   [`daemonize`], once the daemon is ready or failed. It never installs a tracing subscriber.
 //!

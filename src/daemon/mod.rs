@@ -7,7 +7,7 @@
 //!
 //! Everything that can fail for a reason an operator can fix (paths, users, locks, output
 //! files) fails in the launcher, before any fork, with nothing started. What remains for the
-//! child is a list of syscalls on numbers prepared here (see `sys.rs`); their failures come
+//! child is a list of syscalls on numbers prepared here (see `sys/child.rs`); their failures come
 //! back over the report pipe (see `report.rs`) and are turned into the same errors.
 //!
 //! The lock is taken before any output file is opened, so that a second start that loses the

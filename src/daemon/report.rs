@@ -2,7 +2,7 @@
 //!
 //! The launcher keeps the read end; the daemon the write end (close-on-exec). Records are
 //! small and binary, so that the child between fork and exec can send its own with a single
-//! raw `write` of a stack buffer (see `sys.rs`): its pid, or the stage that failed and the
+//! raw `write` of a stack buffer (see `sys/child.rs`): its pid, or the stage that failed and the
 //! errno. A library daemon, which runs ordinary code, may also send "ready", an error with its
 //! exit code and message, or a status line. End of file without "ready" means the daemon is
 //! gone or dropped its context; after a successful `exec` it means the exec happened.
@@ -31,7 +31,7 @@ pub(crate) enum Record {
     Status(String),
 }
 
-/// Encodes records sent by library daemons (the child's own records are built in `sys.rs`).
+/// Encodes records sent by library daemons (the child's own records are built in `sys/child.rs`).
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
     let mut out = Vec::new();
     let text = |out: &mut Vec<u8>, s: &str| {

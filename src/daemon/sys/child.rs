@@ -1,0 +1,431 @@
+//! The child between fork and exec: the plan prepared before the fork, the straight line of
+//! raw syscalls that carries it out ([`setup`], [`exec`]), and the fixed-size failure record.
+//!
+//! Everything here may run in a child forked from a multi-threaded process: async-signal-safe
+//! calls only, no allocation, no locks, no panics.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+
+use super::signals::reset_signals;
+
+/// Where in the child a step failed; sent to the launcher with the errno.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Setsid = 1,
+    Fork = 2,
+    Chdir = 3,
+    Stdio = 4,
+    Pidfile = 5,
+    Setgroups = 6,
+    Setgid = 7,
+    Setuid = 8,
+    RegainedRoot = 9,
+    CloseFds = 10,
+    Exec = 11,
+    Fds = 12,
+}
+
+impl Stage {
+    pub(crate) fn from_u8(b: u8) -> Option<Stage> {
+        use Stage::*;
+        [Setsid, Fork, Chdir, Stdio, Pidfile, Setgroups, Setgid, Setuid, RegainedRoot, CloseFds, Exec, Fds]
+            .into_iter()
+            .find(|s| *s as u8 == b)
+    }
+}
+
+/// A step of the child that failed, and its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub stage: Stage,
+    pub errno: i32,
+}
+
+pub(super) fn fail(stage: Stage) -> Failure {
+    Failure { stage, errno: Errno::last_raw() }
+}
+
+/// Identity to switch to: prepared before the fork (names resolved, groups listed).
+#[derive(Debug, Clone)]
+pub(crate) struct Ids {
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
+}
+
+/// What to exec: every pointer array built before the fork.
+#[derive(Debug)]
+pub(crate) struct ExecPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env: Vec<Vec<u8>>,
+    envp: Vec<*const libc::c_char>,
+    /// Entries of `env` that end in a pid the child fills in (`LISTEN_PID=`): index and the
+    /// offset where the digits go.
+    pid_slots: Vec<(usize, usize)>,
+}
+
+/// Room for a pid in decimal, and its NUL.
+const PID_ROOM: usize = 12;
+
+impl ExecPlan {
+    /// Builds the argv and envp arrays. `env` entries are `KEY=VALUE` byte strings without NUL;
+    /// `pid_vars` name the variables whose value is the exec'd process's own pid.
+    pub(crate) fn new(path: CString, argv: Vec<CString>, env: Vec<Vec<u8>>, pid_vars: &[&str]) -> Self {
+        let mut env = env;
+        let mut pid_slots = Vec::new();
+        for var in pid_vars {
+            let mut entry = format!("{var}=").into_bytes();
+            let offset = entry.len();
+            entry.resize(offset + PID_ROOM, 0);
+            pid_slots.push((env.len(), offset));
+            env.push(entry);
+        }
+        for entry in &mut env {
+            if entry.last() != Some(&0) {
+                entry.push(0);
+            }
+        }
+        let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+        let envp = env.iter().map(|e| e.as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect();
+        ExecPlan { path, _argv: argv, argv_ptrs, env, envp, pid_slots }
+    }
+}
+
+/// Everything the child does after the fork, as plain data prepared before it.
+#[derive(Debug)]
+pub(crate) struct ChildPlan {
+    /// Write end of the report pipe (close-on-exec), or -1.
+    pub report: RawFd,
+    pub umask: libc::mode_t,
+    pub chdir: CString,
+    /// For each of fds 0, 1, 2: the fd to put in its place, or -1 to leave it.
+    pub stdio: [RawFd; 3],
+    /// The locked pidfile fd the child writes its pid into, or -1.
+    pub pidfile: RawFd,
+    /// Fds the exec'd program inherits (close-on-exec cleared): locks, `--keep-fd`, `LISTEN_FDS`.
+    pub inherit: Vec<RawFd>,
+    /// Pairs `(from, to)`: `to` becomes a copy of `from` that the program inherits.
+    pub moves: Vec<(RawFd, RawFd)>,
+    /// Sorted fds above 2 that survive the close (includes `inherit`, `report`, targets of `moves`).
+    pub keep: Vec<RawFd>,
+    pub close_fds: bool,
+    /// Put the program in a process group of its own (`--signal-group`).
+    pub new_pgrp: bool,
+    pub ids: Option<Ids>,
+    pub exec: Option<ExecPlan>,
+    /// `SIGRTMAX`, read before the fork.
+    pub sigmax: libc::c_int,
+}
+
+impl ChildPlan {
+    /// Finishes the plan: sorts and dedups the keep list. Call after the last change.
+    pub(crate) fn seal(&mut self) {
+        let mut keep: Vec<RawFd> = self.inherit.clone();
+        keep.extend(self.moves.iter().map(|m| m.1));
+        if self.report >= 0 {
+            keep.push(self.report);
+        }
+        if self.pidfile >= 0 {
+            keep.push(self.pidfile);
+        }
+        keep.retain(|fd| *fd > 2);
+        keep.sort_unstable();
+        keep.dedup();
+        self.keep = keep;
+        self.sigmax = libc::SIGRTMAX();
+    }
+}
+
+/// Fixed-size record the child writes on the report pipe.
+pub(crate) const FAILURE_TAG: u8 = b'F';
+/// Record carrying the daemon's pid.
+pub(crate) const PID_TAG: u8 = b'P';
+
+/// `write(2)` of a whole buffer, retried on EINTR. Async-signal-safe.
+fn raw_write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), i32> {
+    while !buf.is_empty() {
+        // SAFETY: buf is a valid readable slice; write does not keep the pointer.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = Errno::last_raw();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Sends a failure record to the launcher; async-signal-safe.
+pub(super) fn report_failure(fd: RawFd, failure: Failure) {
+    if fd < 0 {
+        return;
+    }
+    let e = failure.errno.to_le_bytes();
+    let _ = raw_write_all(fd, &[FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]);
+}
+
+/// Sends the child's own pid to the launcher; async-signal-safe.
+fn report_pid(fd: RawFd, pid: libc::pid_t) -> Result<(), i32> {
+    let p = pid.to_le_bytes();
+    raw_write_all(fd, &[PID_TAG, p[0], p[1], p[2], p[3]])
+}
+
+/// Formats `n` in decimal into `buf`, returns the length. No allocation.
+fn decimal(mut n: u32, buf: &mut [u8; 11]) -> usize {
+    let mut tmp = [0u8; 10];
+    let mut i = 0;
+    loop {
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        i += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    for j in 0..i {
+        buf[j] = tmp[i - 1 - j];
+    }
+    i
+}
+
+fn check(ret: libc::c_int, stage: Stage) -> Result<(), Failure> {
+    if ret == -1 { Err(fail(stage)) } else { Ok(()) }
+}
+
+/// Retries a syscall returning -1/EINTR.
+pub(super) fn retry(mut f: impl FnMut() -> libc::c_int) -> libc::c_int {
+    loop {
+        let r = f();
+        if r != -1 || Errno::last_raw() != libc::EINTR {
+            return r;
+        }
+    }
+}
+
+/// Closes every fd from `lo` to `hi` inclusive.
+fn close_span(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
+    if lo > hi {
+        return Ok(());
+    }
+    // SAFETY: close_range takes plain integers; closing fds this process owns is its business.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0 as libc::c_uint) };
+    if r == 0 {
+        return Ok(());
+    }
+    if Errno::last_raw() != libc::ENOSYS && Errno::last_raw() != libc::EINVAL {
+        return Err(fail(Stage::CloseFds));
+    }
+    close_span_fallback(lo, hi)
+}
+
+/// For kernels without `close_range` (before 5.9): the fds listed in `/proc/self/fd`, read with
+/// raw `getdents64` into a stack buffer, else every fd below `RLIMIT_NOFILE`.
+fn close_span_fallback(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
+    const PROC_FD: &[u8] = b"/proc/self/fd\0";
+    // SAFETY: a NUL-terminated path and plain flags.
+    let dir = unsafe { libc::open(PROC_FD.as_ptr().cast(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if dir >= 0 {
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: buf is writable for its length; getdents64 fills at most that many bytes.
+            let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off < n as usize {
+                // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name (NUL-terminated).
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let name = &buf[off + 19..off + reclen];
+                let mut fd: i64 = 0;
+                let mut digits = false;
+                for &c in name.iter().take_while(|c| **c != 0) {
+                    if c.is_ascii_digit() {
+                        fd = fd * 10 + (c - b'0') as i64;
+                        digits = true;
+                    } else {
+                        digits = false;
+                        break;
+                    }
+                }
+                if digits && fd >= lo as i64 && fd <= hi as i64 && fd != dir as i64 {
+                    // SAFETY: closing an fd number; EBADF is harmless.
+                    unsafe { libc::close(fd as RawFd) };
+                }
+                off += reclen;
+            }
+        }
+        // SAFETY: dir is our own fd.
+        unsafe { libc::close(dir) };
+        return Ok(());
+    }
+    // SAFETY: rlim is a valid out-pointer.
+    let mut rlim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } == 0 {
+        rlim.rlim_cur.min(1 << 20) as RawFd
+    } else {
+        1024
+    };
+    for fd in lo..=hi.min(max) {
+        // SAFETY: closing an fd number; EBADF is harmless.
+        unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// Closes every fd above 2 not in `keep` (sorted).
+fn close_all_but(keep: &[RawFd]) -> Result<(), Failure> {
+    let mut lo: RawFd = 3;
+    for &k in keep {
+        if k > lo {
+            close_span(lo, k - 1)?;
+        }
+        lo = lo.max(k + 1);
+    }
+    close_span(lo, RawFd::MAX)
+}
+
+fn clear_cloexec(fd: RawFd) -> Result<(), Failure> {
+    // SAFETY: fcntl on an fd number with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    check(flags, Stage::Fds)?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) }, Stage::Fds)
+}
+
+/// The child's setup after the fork, in the order of design section 1: signals, umask, chdir,
+/// stdio, pidfile, fd moves, identity, fd close. Reports the pid first when `report_pid` is set.
+///
+/// # Safety
+///
+/// Runs between fork and exec: it may be called in a child forked from a multi-threaded
+/// process. It calls only async-signal-safe functions, allocates nothing and cannot panic
+/// (no indexing that can fail, no unwrap); `plan` must have been sealed before the fork and
+/// every fd in it must be open.
+pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failure> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if send_pid && plan.report >= 0 {
+        report_pid(plan.report, pid).map_err(|errno| Failure { stage: Stage::Fds, errno })?;
+    }
+    reset_signals(plan.sigmax);
+    if plan.new_pgrp {
+        // SAFETY: setpgid on ourselves.
+        check(unsafe { libc::setpgid(0, 0) }, Stage::Fds)?;
+    }
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(plan.umask) };
+    // SAFETY: chdir reads a NUL-terminated path.
+    check(unsafe { libc::chdir(plan.chdir.as_ptr()) }, Stage::Chdir)?;
+    for (target, &from) in plan.stdio.iter().enumerate() {
+        if from >= 0 && from != target as RawFd {
+            // SAFETY: dup2 on fd numbers.
+            check(retry(|| unsafe { libc::dup2(from, target as RawFd) }), Stage::Stdio)?;
+        }
+    }
+    if plan.pidfile >= 0 {
+        let mut buf = [0u8; 11];
+        let n = decimal(pid as u32, &mut buf);
+        let mut line = [0u8; 12];
+        line[..n].copy_from_slice(&buf[..n]);
+        line[n] = b'\n';
+        // SAFETY: ftruncate and pwrite on an fd we hold, with a valid buffer.
+        check(unsafe { libc::ftruncate(plan.pidfile, 0) }, Stage::Pidfile)?;
+        // SAFETY: as above.
+        let w = unsafe { libc::pwrite(plan.pidfile, line.as_ptr().cast(), n + 1, 0) };
+        if w != (n + 1) as isize {
+            return Err(fail(Stage::Pidfile));
+        }
+    }
+    for &(from, to) in &plan.moves {
+        if from == to {
+            clear_cloexec(to)?;
+        } else {
+            // SAFETY: dup2 on fd numbers; the result does not have close-on-exec set.
+            check(retry(|| unsafe { libc::dup2(from, to) }), Stage::Fds)?;
+        }
+    }
+    if let Some(ids) = &plan.ids {
+        // SAFETY: the slice is valid for its length.
+        check(unsafe { libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) }, Stage::Setgroups)?;
+        // SAFETY: plain ids.
+        check(unsafe { libc::setgid(ids.gid) }, Stage::Setgid)?;
+        // SAFETY: plain ids.
+        check(unsafe { libc::setuid(ids.uid) }, Stage::Setuid)?;
+        // A drop that can be undone is no drop: regaining root must fail.
+        // SAFETY: plain ids; getuid/geteuid cannot fail.
+        if ids.uid != 0 && (unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != ids.uid) {
+            return Err(Failure { stage: Stage::RegainedRoot, errno: libc::EPERM });
+        }
+    }
+    if plan.close_fds {
+        close_all_but(&plan.keep)?;
+    }
+    for &fd in &plan.inherit {
+        clear_cloexec(fd)?;
+    }
+    Ok(())
+}
+
+/// Fills the pid slots of the environment and execs. Returns only on failure.
+///
+/// # Safety
+///
+/// As for [`setup`]; `plan` must be the child's own copy (after fork), since the pid slots are
+/// written in place.
+pub(crate) unsafe fn exec(plan: &mut ExecPlan) -> Failure {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut digits = [0u8; 11];
+    let n = decimal(pid as u32, &mut digits);
+    for &(index, offset) in &plan.pid_slots {
+        if let Some(entry) = plan.env.get_mut(index) {
+            if let Some(slot) = entry.get_mut(offset..offset + n + 1) {
+                slot[..n].copy_from_slice(&digits[..n]);
+                slot[n] = 0;
+            }
+        }
+    }
+    // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
+    // live as long as `plan`; execve only returns on failure.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp.as_ptr()) };
+    fail(Stage::Exec)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_formats_without_allocating() {
+        let mut b = [0u8; 11];
+        let n = decimal(0, &mut b);
+        assert_eq!(&b[..n], b"0");
+        let n = decimal(4_194_304, &mut b);
+        assert_eq!(&b[..n], b"4194304");
+        let n = decimal(u32::MAX, &mut b);
+        assert_eq!(&b[..n], b"4294967295");
+    }
+
+    #[test]
+    fn stage_round_trips_through_its_byte() {
+        for b in 0..=255u8 {
+            if let Some(s) = Stage::from_u8(b) {
+                assert_eq!(s as u8, b);
+            }
+        }
+        assert_eq!(Stage::from_u8(11), Some(Stage::Exec));
+        assert_eq!(Stage::from_u8(0), None);
+    }
+}

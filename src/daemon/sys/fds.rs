@@ -1,0 +1,89 @@
+//! File descriptors and locks: probing, reserving and taking fds by number, `flock`.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+
+use super::child::retry;
+
+/// `dup2(2)`, retried on EINTR.
+pub(crate) fn dup2_retry(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on fd numbers; replacing `to` is what the caller asks for.
+    if retry(|| unsafe { libc::dup2(from, to) }) == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `close(2)` of a raw fd number nothing in this crate owns: fds 0-2 for the legacy
+/// `close_fd`, and fds a notify sender passed along unasked.
+pub(crate) fn close_raw(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the callers pass fds no OwnedFd or File of this process owns, so no double close.
+    if unsafe { libc::close(fd) } == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Takes ownership of fd `n`, which this process was handed by its supervisor (the s6
+/// notification fd): fails with EBADF when it is not open.
+pub(crate) fn take_fd(n: RawFd) -> io::Result<OwnedFd> {
+    if !fd_is_open(n) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: fd n is open, and conjure holds it as no other File or OwnedFd: it is the fd
+    // the supervisor passed for this purpose, and this is its only owner from now on.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Puts `/dev/null` at fd `n` if `n` is free, so that no file opened until the fork lands on
+/// the number a readiness fd must take in the child. `Ok(None)` when `n` is already in use.
+pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
+    if fd_is_open(n) {
+        return Ok(None);
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    if null.as_raw_fd() == n {
+        // It took the lowest free number, which was `n` itself.
+        return Ok(Some(OwnedFd::from(null)));
+    }
+    // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
+    // thread that opens fds at this point of a launch).
+    if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd n was just created by dup3 and is owned by nothing else.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(n) }))
+}
+
+/// Whether `fd` is an open file descriptor of this process.
+pub(crate) fn fd_is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless: EBADF when it is not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Tries `flock(LOCK_EX | LOCK_NB)`. `Ok(false)` when another open file description holds it.
+pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock on a borrowed, open fd.
+    let r = retry(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) });
+    if r == 0 {
+        return Ok(true);
+    }
+    match Errno::last_raw() {
+        libc::EWOULDBLOCK => Ok(false),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Whether another open file description holds a `flock` on `fd`'s file: a shared,
+/// non-blocking lock is tried and, when it is granted, released at once.
+pub(crate) fn lock_is_held(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock on a borrowed, open fd.
+    let r = retry(|| unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) });
+    if r == 0 {
+        // SAFETY: as above; this drops only the shared lock this call took.
+        unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_UN) };
+        return Ok(false);
+    }
+    match Errno::last_raw() {
+        libc::EWOULDBLOCK => Ok(true),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}

@@ -1,0 +1,271 @@
+//! The one module with `unsafe` in it: fork, the code that runs between fork and exec, and
+//! the few raw syscalls nix does not wrap.
+//!
+//! # Why this module exists
+//!
+//! After `fork` in a process that may have other threads, the child owns copies of locks that
+//! other threads held at that instant (the allocator's, stdio's, the environment's). Touching
+//! any of them can deadlock the child forever. So everything the child needs is prepared by
+//! the launcher *before* the fork, in a [`ChildPlan`] of plain integers and NUL-terminated
+//! buffers, and the child runs [`setup`] and [`exec`] only: raw syscalls that are
+//! async-signal-safe, no allocation, no locks, no tracing, no panics. A failure in the child is
+//! reported to the launcher as a fixed-size record ([`Stage`] and errno) written to the report
+//! pipe with a raw `write`; the launcher turns it into a message, since formatting would
+//! allocate.
+//!
+//! A grep for `allow(unsafe_code)` finds this file and nothing else. Every `unsafe` block says
+//! why it is sound in a `// SAFETY:` comment; every `unsafe fn` says what its caller must
+//! guarantee.
+#![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::io;
+
+use crate::error::DaemonizeError;
+
+mod child;
+mod fds;
+mod pids;
+mod signals;
+
+pub(crate) use child::{ChildPlan, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
+use child::{exec, fail, report_failure, setup};
+pub(crate) use fds::*;
+pub(crate) use pids::*;
+pub(crate) use signals::*;
+
+/// The result of [`fork`](crate::process::fork), as the `fork` crate spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fork {
+    /// In the parent: the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// Creates a child process (`fork(2)`).
+///
+/// # Safety
+///
+/// In a multi-threaded process the child may only call async-signal-safe functions until it
+/// calls `exec` or `_exit`: no allocation, no locks, no `println!`, no panics. In a
+/// single-threaded process the child may do anything the parent could.
+pub unsafe fn fork() -> io::Result<Fork> {
+    // SAFETY: the caller upholds the contract above; fork itself has no preconditions.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(pid)),
+    }
+}
+
+/// Daemonizes the calling process: validate, lock, fork, `setsid`, fork, set up, and return
+/// in the daemon. The original process never returns: it waits until the daemon calls
+/// [`DaemonContext::notify_parent`](crate::DaemonContext::notify_parent) (exit 0), reports an
+/// error (its code), or goes away or drops its context first (exit 70), and exits.
+///
+/// Errors found before the fork (validation, locks, output files) are returned in the calling
+/// process, with nothing started. In foreground mode nothing forks: the calling process is set
+/// up in place and gets the context.
+///
+/// # Safety
+///
+/// The process must run exactly one thread: `fork` copies only the calling thread, and the
+/// daemon goes on to run ordinary code (allocation, locks) that another thread's held locks
+/// would deadlock. [`daemonize_checked`](crate::daemonize_checked) checks this instead.
+pub unsafe fn daemonize(config: &crate::DaemonConfig) -> Result<crate::DaemonContext, DaemonizeError> {
+    // SAFETY: the caller promises one thread, as this function's contract requires.
+    crate::daemon::daemonize_with(config, unsafe { SingleThreaded::promised() })
+}
+
+/// Proof that the process runs one thread, so that after `fork` the child may allocate.
+///
+/// Only this module can make one: [`SingleThreaded::checked`] counts threads;
+/// [`crate::daemonize`]'s caller promises it through that function's `unsafe` contract.
+#[derive(Debug)]
+pub(crate) struct SingleThreaded(());
+
+impl SingleThreaded {
+    /// Counts the entries of `/proc/self/task` and refuses more than one.
+    pub(crate) fn checked() -> Result<Self, DaemonizeError> {
+        match std::fs::read_dir("/proc/self/task") {
+            Ok(dir) => match dir.count() {
+                1 => Ok(SingleThreaded(())),
+                n => Err(DaemonizeError::MultiThreaded(n)),
+            },
+            Err(err) => Err(DaemonizeError::SystemError { call: "reading /proc/self/task", source: err }),
+        }
+    }
+
+    /// Takes the caller's word for it.
+    ///
+    /// # Safety
+    ///
+    /// The process must run exactly one thread.
+    pub(crate) unsafe fn promised() -> Self {
+        SingleThreaded(())
+    }
+}
+
+/// Terminates the child at once, without running atexit handlers or destructors.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// In the first child of a double fork: `setsid`, fork again, and let the intermediate process
+/// exit, so that the grandchild is no session leader and is reparented. Returns only in the
+/// grandchild; failures are reported on the pipe. Async-signal-safe.
+fn second_fork(plan: &ChildPlan) {
+    // SAFETY: setsid has no preconditions.
+    if unsafe { libc::setsid() } == -1 {
+        report_failure(plan.report, fail(Stage::Setsid));
+        exit_now(1);
+    }
+    // SAFETY: the grandchild runs only async-signal-safe code until it execs or, in the library's
+    // single-threaded case, returns.
+    match unsafe { fork() } {
+        Err(_) => {
+            report_failure(plan.report, fail(Stage::Fork));
+            exit_now(1);
+        }
+        Ok(Fork::Parent(_)) => exit_now(0),
+        Ok(Fork::Child) => {}
+    }
+}
+
+/// Runs [`setup`] in a freshly forked child; a failure is reported and ends the child.
+fn set_up_or_die(plan: &ChildPlan) {
+    // SAFETY: called only in a child right after fork, with a plan sealed before the fork.
+    if let Err(failure) = unsafe { setup(plan, true) } {
+        report_failure(plan.report, failure);
+        exit_now(1);
+    }
+}
+
+/// What [`spawn`] returns in the launcher.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    /// The direct child: the intermediate process of a double fork (it exits at once), or the
+    /// program itself with `double_fork == false`.
+    pub child: i32,
+}
+
+/// Starts the program described by `plan` as a new process and returns in the launcher.
+///
+/// With `double_fork`, the child calls `setsid` and forks again so the program is not a session
+/// leader and is reparented when the intermediate child exits; without it, the child is the
+/// program itself (resident mode). In the program's process: [`setup`], then [`exec`]; a failure
+/// is written to the report pipe. Safe to call from a multi-threaded process: the child runs
+/// only async-signal-safe code.
+pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, DaemonizeError> {
+    let guard = SignalsBlocked::new()?;
+    // SAFETY: the child below runs only async-signal-safe code (setup, exec, write, _exit).
+    match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
+        Fork::Parent(child) => {
+            drop(guard);
+            Ok(Spawned { child })
+        }
+        Fork::Child => {
+            if double_fork {
+                second_fork(plan);
+            }
+            set_up_or_die(plan);
+            let failure = match plan.exec.as_mut() {
+                // SAFETY: in the child, on its own copy of the plan.
+                Some(exec_plan) => unsafe { exec(exec_plan) },
+                None => Failure { stage: Stage::Exec, errno: libc::ENOEXEC },
+            };
+            report_failure(plan.report, failure);
+            exit_now(127)
+        }
+    }
+}
+
+/// Which side of [`fork_daemon`] this is.
+#[derive(Debug)]
+pub(crate) enum Side {
+    /// The original process; `child` is the intermediate child to reap.
+    Launcher { child: i32 },
+    /// The daemon, set up and running the caller's code.
+    Daemon,
+}
+
+/// The double fork of the library's `daemonize`: like [`spawn`], but the daemon returns to the
+/// caller instead of exec'ing. Setup failures in the daemon are reported and end it.
+pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Result<Side, DaemonizeError> {
+    let guard = SignalsBlocked::new()?;
+    // SAFETY: the process is single-threaded (the token proves it), so the daemon may run
+    // ordinary code after setup; until then it runs only async-signal-safe code anyway.
+    match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
+        Fork::Parent(child) => {
+            drop(guard);
+            Ok(Side::Launcher { child })
+        }
+        Fork::Child => {
+            second_fork(plan);
+            set_up_or_die(plan);
+            // The guard's saved mask is the launcher's; setup already cleared the daemon's.
+            std::mem::forget(guard);
+            Ok(Side::Daemon)
+        }
+    }
+}
+
+/// Runs [`setup`] in the calling process itself (foreground mode).
+pub(crate) fn setup_in_place(plan: &ChildPlan) -> Result<(), Failure> {
+    // SAFETY: setup only makes syscalls on the plan's fds and paths; in the calling process
+    // that is as sound as in a child.
+    unsafe { setup(plan, false) }
+}
+
+/// Replaces the calling process with the program (foreground mode). Returns only on failure.
+pub(crate) fn exec_in_place(plan: &mut ExecPlan) -> Failure {
+    // SAFETY: plain execve of prepared arrays; the process is ours to replace.
+    unsafe { exec(plan) }
+}
+
+/// Sets an environment variable in the daemon of the library's `daemonize`.
+pub(crate) fn set_env(_one_thread: &SingleThreaded, key: &std::ffi::OsStr, value: &std::ffi::OsStr) {
+    // SAFETY: the token proves the process runs one thread, so nothing reads the environment
+    // concurrently.
+    unsafe { std::env::set_var(key, value) };
+}
+
+/// `_exit(2)`: ends the process without running destructors or atexit handlers, for a daemon
+/// that reported its failure, and for children.
+pub(crate) fn exit_immediately(code: i32) -> ! {
+    exit_now(code)
+}
+
+/// fork, setsid, fork; both parents `_exit(0)`. Refuses a multi-threaded process, since the
+/// daemon goes on to run ordinary code.
+pub(crate) fn classic_daemon() -> io::Result<()> {
+    let _one_thread = SingleThreaded::checked().map_err(io::Error::from)?;
+    for step in 0..2 {
+        // SAFETY: the process runs one thread (checked above), so the child may run any code.
+        match unsafe { fork() }? {
+            Fork::Parent(_) => exit_now(0),
+            Fork::Child if step == 0 => {
+                nix::unistd::setsid()?;
+            }
+            Fork::Child => {}
+        }
+    }
+    Ok(())
+}
+
+/// Forks the calling process into a detached copy in a new session: `Ok(Some(pid))` in the
+/// original process, `Ok(None)` in the copy. Refuses a multi-threaded process, since the copy
+/// goes on to run ordinary code.
+pub(crate) fn detach() -> io::Result<Option<i32>> {
+    let _one_thread = SingleThreaded::checked().map_err(io::Error::from)?;
+    // SAFETY: one thread (checked above), so the child may run any code.
+    match unsafe { fork() }? {
+        Fork::Parent(pid) => Ok(Some(pid)),
+        Fork::Child => {
+            nix::unistd::setsid()?;
+            Ok(None)
+        }
+    }
+}
