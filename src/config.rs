@@ -299,7 +299,7 @@ impl DaemonConfig {
             if fd < 3 {
                 return Err(DaemonizeError::invalid(format!("cannot keep fd {fd}: fds 0-2 are always kept")));
             }
-            if !crate::daemon::sys::fd_is_open(fd) {
+            if !crate::sys::fd_is_open(fd) {
                 return Err(DaemonizeError::invalid(format!("cannot keep fd {fd}: it is not open")));
             }
         }

@@ -18,7 +18,7 @@
 //!
 //! - Between `fork` and `exec` the child runs only async-signal-safe syscalls prepared before
 //!   the fork: no allocation, no locks, no logging.
-//! - All `unsafe` lives in one module (`src/daemon/sys/`); this crate denies it elsewhere.
+//! - All `unsafe` lives in one module (`src/sys/`); this crate denies it elsewhere.
 //! - The library exits a process only where its contract says so: the original process inside
 //!   [`daemonize`], once the daemon is ready or failed. It never installs a tracing subscriber.
 //!
@@ -46,11 +46,12 @@ mod duration;
 mod error;
 pub mod process;
 pub mod readiness;
+mod sys;
 
 pub use config::DaemonConfig;
 pub use daemon::control;
 pub use daemon::launcher::{DEFAULT_KILL_AFTER, DEFAULT_READY_TIMEOUT, Launcher, Outcome};
-pub use daemon::sys::daemonize;
 pub use daemon::{DaemonContext, daemonize_checked};
 pub use duration::parse_duration;
 pub use error::{DaemonizeError, exit};
+pub use sys::daemonize;

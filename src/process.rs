@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::sys::wait::WaitPidFlag;
 use nix::unistd::Pid;
 
-pub use crate::daemon::sys::{Fork, fork};
+pub use crate::sys::{Fork, fork};
 
 /// A raw wait status, as `waitpid(2)` reports it; inspect it with [`exited`], [`exit_code`],
 /// [`signaled`] and [`signal`].
@@ -19,7 +19,7 @@ pub type WaitStatus = i32;
 fn raw_waitpid(pid: i32, flags: WaitPidFlag) -> io::Result<Option<WaitStatus>> {
     loop {
         let mut status: libc::c_int = 0;
-        match crate::daemon::sys::waitpid_raw(pid, &mut status, flags.bits()) {
+        match crate::sys::waitpid_raw(pid, &mut status, flags.bits()) {
             Ok(0) => return Ok(None),
             Ok(_) => return Ok(Some(status)),
             Err(Errno::EINTR) => continue,
@@ -98,7 +98,7 @@ pub fn chdir() -> io::Result<()> {
 pub fn redirect_stdio() -> io::Result<()> {
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
     for target in 0..3 {
-        crate::daemon::sys::dup2_retry(null.as_raw_fd(), target)?;
+        crate::sys::dup2_retry(null.as_raw_fd(), target)?;
     }
     Ok(())
 }
@@ -107,7 +107,7 @@ pub fn redirect_stdio() -> io::Result<()> {
 /// [`redirect_stdio`].
 pub fn close_fd() -> io::Result<()> {
     for fd in 0..3 {
-        crate::daemon::sys::close_raw(fd)?;
+        crate::sys::close_raw(fd)?;
     }
     Ok(())
 }
@@ -119,7 +119,7 @@ pub fn close_fd() -> io::Result<()> {
 /// It runs ordinary code in the daemon after the forks, so call it from a single-threaded
 /// process; [`daemonize_checked`](crate::daemonize_checked) is the full-featured form.
 pub fn daemon(nochdir: bool, noclose: bool) -> io::Result<Fork> {
-    crate::daemon::sys::classic_daemon()?;
+    crate::sys::classic_daemon()?;
     if !nochdir {
         chdir()?;
     }
@@ -133,5 +133,5 @@ pub fn daemon(nochdir: bool, noclose: bool) -> io::Result<Fork> {
 /// parent sees the same death as a program's. Returns only if the signal does not kill (for
 /// example SIGCHLD), or on error. What a resident `conjure` does when its program was killed.
 pub fn die_of(signal: i32) -> io::Result<()> {
-    crate::daemon::sys::die_of(signal)
+    crate::sys::die_of(signal)
 }

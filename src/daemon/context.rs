@@ -10,10 +10,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::config::DaemonConfig;
 use crate::daemon::ids::{self, Identity};
+use crate::daemon::pidfile;
 use crate::daemon::report::{self, Record};
-use crate::daemon::{pidfile, sys};
 use crate::error::DaemonizeError;
 use crate::readiness::Sink;
+use crate::sys;
 
 /// What a daemon holds after [`daemonize`](crate::daemonize): its lock, its pidfile, the pipe
 /// to its launcher, and the identity it will drop to.

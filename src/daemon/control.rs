@@ -16,8 +16,8 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use crate::daemon::pidfile::{self, Probe, Role};
-use crate::daemon::sys;
 use crate::error::{DaemonizeError, why};
+use crate::sys;
 
 /// What `conjure status` found, with its LSB exit code ([`Status::code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use nix::unistd::{Gid, Group, Uid, User, geteuid, getgrouplist};
 
-use crate::daemon::sys::Ids;
 use crate::error::DaemonizeError;
+use crate::sys::Ids;
 
 /// A user and group resolved to numbers, with what the daemon's environment should say.
 #[derive(Debug, Clone)]

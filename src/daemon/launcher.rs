@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use crate::config::DaemonConfig;
 use crate::daemon::resident::Resident;
-use crate::daemon::sys::{self, ExecPlan};
 use crate::daemon::{Chown, PidfileMode, Prepared, cstring, reap, report};
 use crate::error::DaemonizeError;
 use crate::readiness::notify::{self, NotifyHost};
 use crate::readiness::wait::{Armed, NotReady, Waiter};
 use crate::readiness::{Sink, SinkChoice, Source, sink};
+use crate::sys::{self, ExecPlan};
 
 /// Background launch with the `exec` source: reads the report pipe until the exec closes it.
 fn wait_for_exec(

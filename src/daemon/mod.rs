@@ -20,7 +20,6 @@ pub mod launcher;
 pub(crate) mod pidfile;
 pub(crate) mod report;
 mod resident;
-pub(crate) mod sys;
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -34,9 +33,9 @@ pub use context::DaemonContext;
 use crate::config::DaemonConfig;
 use crate::error::DaemonizeError;
 use crate::readiness::Sink;
+use crate::sys::{self, ChildPlan, Failure, Stage};
 use ids::Identity;
 use pidfile::Role;
-use sys::{ChildPlan, Failure, Stage};
 
 /// Files and facts gathered before the fork. Dropping it closes the launcher's copies; the
 /// daemon keeps its own.

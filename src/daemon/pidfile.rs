@@ -17,8 +17,8 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::daemon::sys;
 use crate::error::DaemonizeError;
+use crate::sys;
 
 /// Which role a locked file plays, for the error message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 
-use crate::daemon::sys::{FAILURE_TAG, Failure, PID_TAG, Stage};
+use crate::sys::{FAILURE_TAG, Failure, PID_TAG, Stage};
 
 const READY_TAG: u8 = b'R';
 const ERROR_TAG: u8 = b'E';

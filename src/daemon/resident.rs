@@ -22,12 +22,12 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 use crate::daemon::launcher::Outcome;
-use crate::daemon::sys::{self, ChildPlan};
 use crate::daemon::{Prepared, reap_all};
 use crate::error::DaemonizeError;
 use crate::readiness::notify;
 use crate::readiness::wait::{Armed, Progress, Waiter};
 use crate::readiness::{Sink, sink};
+use crate::sys::{self, ChildPlan};
 
 /// Signals conjure does not forward: those only the kernel sends to a faulting thread, the
 /// ones that cannot be caught, and SIGCHLD, which is conjure's own business.

@@ -121,7 +121,7 @@ impl NotifyHost {
                             // Nobody asked for them: close each at once, or a chatty sender
                             // could exhaust conjure's fd table.
                             for fd in fds {
-                                let _ = crate::daemon::sys::close_raw(fd);
+                                let _ = crate::sys::close_raw(fd);
                             }
                         }
                         _ => {}

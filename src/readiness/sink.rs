@@ -41,8 +41,7 @@ pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> R
 
 /// s6's convention: one newline on fd `n`, then the fd is closed.
 fn write_newline_and_close(n: RawFd) -> Result<(), DaemonizeError> {
-    let fd = crate::daemon::sys::take_fd(n)
-        .map_err(|source| DaemonizeError::SystemError { call: "readiness fd", source })?;
+    let fd = crate::sys::take_fd(n).map_err(|source| DaemonizeError::SystemError { call: "readiness fd", source })?;
     let mut file = std::fs::File::from(fd);
     file.write_all(b"\n").map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })
 }
@@ -50,7 +49,7 @@ fn write_newline_and_close(n: RawFd) -> Result<(), DaemonizeError> {
 /// Checks before the fork that a sink can work: the fd of `fd:N` is open.
 pub(crate) fn validate(sink: Sink) -> Result<(), DaemonizeError> {
     match sink {
-        Sink::Fd(n) if n < 3 || !crate::daemon::sys::fd_is_open(n) => {
+        Sink::Fd(n) if n < 3 || !crate::sys::fd_is_open(n) => {
             Err(DaemonizeError::invalid(format!("invalid readiness sink `fd:{n}`: fd {n} is not open (or is stdio)")))
         }
         _ => Ok(()),

@@ -16,11 +16,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::daemon::report::{Decoder, Record};
-use crate::daemon::sys::{self, Failure};
 use crate::error::DaemonizeError;
 use crate::readiness::Source;
 use crate::readiness::notify::{self, NotifyHost};
 use crate::readiness::probe::{self, Backoff};
+use crate::sys::{self, Failure};
 
 /// A source with what it needs set up before the fork (socket bound, pipe made).
 #[derive(Debug)]
