@@ -189,15 +189,55 @@ fn daemon_runs_in_the_given_directory_with_the_given_umask_and_environment() {
 }
 
 #[test]
-fn daemon_defaults_to_the_root_directory_and_umask_0() {
+fn daemon_defaults_to_the_root_directory_and_umask_022_whatever_the_launchers() {
     let s = Scratch::new();
     let pidfile = s.join("d.pid");
-    let mut c = TestCommand::conjure(argv!["-p", &pidfile, "--", "sleep", "60"]);
+    let mut c = with_umask("077", argv![conjure_bin(), "-p", &pidfile, "--", "sleep", "60"]);
     c.command().current_dir(s.path());
     c.expect_success();
     let daemon = Daemon::from_pidfile(&pidfile);
     assert_eq!(daemon.proc().cwd().as_deref(), Some(Path::new("/")));
-    assert_eq!(daemon.proc().status("Umask"), "0000");
+    assert_eq!(daemon.proc().status("Umask"), "0022");
+}
+
+#[test]
+fn foreground_program_keeps_the_callers_directory_and_umask() {
+    let s = Scratch::new();
+    let report = s.join("report");
+    let mut c = with_umask("027", argv![conjure_bin(), "-f", "--", testprog(), "fds-to", &report]);
+    c.command().current_dir(s.path());
+    let running = c.spawn();
+    wait_for_file(&report);
+    let program = Proc(running.pid());
+    assert_eq!(
+        program.cwd().as_deref(),
+        Some(s.path()),
+        "the foreground program moved away from the caller's directory"
+    );
+    assert_eq!(program.status("Umask"), "0027");
+    running.kill();
+}
+
+#[test]
+fn foreground_program_reads_the_callers_stdin() {
+    let s = Scratch::new();
+    let out = s.join("out");
+    let mut c = TestCommand::conjure(argv!["-f", "-o", &out, "--", "sh", "-c", "read line && echo got $line"]);
+    c.command().stdin(std::process::Stdio::piped());
+    let mut running = c.spawn();
+    use std::io::Write;
+    running.stdin().write_all(b"hello\n").expect("write to conjure's stdin");
+    let done = running.wait();
+    done.assert_code(0);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "got hello\n");
+}
+
+/// `ARGV` run by `sh` with the umask set first.
+fn with_umask(mask: &str, argv: Vec<OsString>) -> TestCommand {
+    let mut c = TestCommand::new("sh");
+    c.args(["-c".into(), format!("umask {mask} && exec \"$@\""), "sh".into()]);
+    c.args(argv);
+    c
 }
 
 #[test]

@@ -15,6 +15,8 @@ mod control;
 mod errors;
 mod initscript;
 mod library;
+mod lifecycle;
 mod readiness;
 mod systemd;
+mod terminal;
 mod tidy;

@@ -336,10 +336,6 @@ fn resident(s: &Scratch, sup: &FakeSupervisor, flags: &[&str], delay_ms: u64, mo
     c.spawn()
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    all_pids().into_iter().filter(|p| Proc(*p).stat().is_some_and(|st| st.ppid == pid)).collect()
-}
-
 #[test]
 fn foreground_with_a_source_stays_resident_notifies_as_main_and_dies_of_the_programs_signal() {
     let s = Scratch::new();
@@ -411,26 +407,11 @@ fn resident_conjure_reaps_orphans_as_subreaper() {
     drop(running);
 }
 
-/// `unshare --pid --fork --mount-proc conjure …`: conjure is PID 1 of a new PID namespace.
-fn as_pid1(s: &Scratch, program: &[&str]) -> Running {
-    let mut c = TestCommand::new("unshare");
-    c.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).args([conjure_bin()]);
-    c.args(["-f", "-p"]).args([s.join("d.pid")]).args(["--"]).args(program);
-    c.spawn()
-}
-
-/// The host pid of the process that is PID 1 in a namespace under `unshare` (its child).
-fn pid1_under(unshare: i32) -> i32 {
-    wait_until(PATIENCE, "conjure as PID 1", || {
-        children(unshare).into_iter().find(|p| Proc(*p).status("NSpid").split_whitespace().last() == Some("1"))
-    })
-}
-
 #[test]
 fn as_pid1_conjure_forwards_term_and_exits_128_plus_n() {
     require_root!();
     let s = Scratch::new();
-    let running = as_pid1(&s, &["sleep", "30"]);
+    let running = as_pid1(&s, &[], argv!["sleep", "30"]);
     let conjure = pid1_under(running.pid());
     wait_until(PATIENCE, "the program under PID 1", || children(conjure).first().copied());
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(conjure), nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -443,7 +424,7 @@ fn as_pid1_conjure_forwards_term_and_exits_128_plus_n() {
 fn as_pid1_conjure_reaps_zombies_and_exits_with_the_programs_code() {
     require_root!();
     let s = Scratch::new();
-    let running = as_pid1(&s, &["sh", "-c", "sh -c 'sleep 0.1 &'; sleep 0.5; exit 4"]);
+    let running = as_pid1(&s, &[], argv!["sh", "-c", "sh -c 'sleep 0.1 &'; sleep 0.5; exit 4"]);
     let conjure = pid1_under(running.pid());
     let program = wait_until(PATIENCE, "the program under PID 1", || children(conjure).first().copied());
     wait_until(PATIENCE, "the orphaned sleep to be reaped by PID 1", || {

@@ -292,6 +292,8 @@ pub struct Stat {
     pub sid: i32,
     /// Controlling terminal (0: none).
     pub tty_nr: u64,
+    /// The foreground process group of its controlling terminal (-1: none).
+    pub tpgid: i32,
 }
 
 /// A process, seen through `/proc`.
@@ -311,6 +313,7 @@ impl Proc {
             pgid: f.get(2)?.parse().ok()?,
             sid: f.get(3)?.parse().ok()?,
             tty_nr: f.get(4)?.parse().ok()?,
+            tpgid: f.get(5)?.parse().ok()?,
         })
     }
 
@@ -501,6 +504,11 @@ impl Running {
         Output { shown, status, pid, stdout: read(&mut self.out), stderr: read(&mut self.err) }
     }
 
+    /// Its stdin, when the command was set up with a piped one.
+    pub fn stdin(&mut self) -> &mut std::process::ChildStdin {
+        self.child.as_mut().and_then(|c| c.stdin.as_mut()).expect("a piped stdin (set it with `command().stdin`)")
+    }
+
     /// What it wrote on stdout so far.
     pub fn stdout_so_far(&self) -> String {
         let mut s = String::new();
@@ -648,4 +656,32 @@ macro_rules! argv {
     ($($x:expr),* $(,)?) => {
         vec![$(::std::ffi::OsString::from(::std::convert::AsRef::<::std::ffi::OsStr>::as_ref(&$x))),*]
     };
+}
+
+/// The direct children of `pid`.
+pub fn children(pid: i32) -> Vec<i32> {
+    all_pids().into_iter().filter(|p| Proc(*p).stat().is_some_and(|st| st.ppid == pid)).collect()
+}
+
+/// `unshare --pid --fork --mount-proc conjure -f -p SCRATCH/d.pid FLAGS -- PROGRAM`: conjure
+/// is PID 1 of a new PID namespace.
+pub fn as_pid1(s: &Scratch, flags: &[&str], program: Vec<OsString>) -> Running {
+    let mut c = TestCommand::new("unshare");
+    c.args(["--pid", "--fork", "--mount-proc", "--kill-child"]).args([conjure_bin()]);
+    c.args(["-f", "-p"]).args([s.join("d.pid")]).args(flags).args(["--"]).args(program);
+    c.spawn()
+}
+
+/// The host pid of the process that is PID 1 in a namespace under `unshare` (its child).
+pub fn pid1_under(unshare: i32) -> i32 {
+    wait_until(PATIENCE, "conjure as PID 1", || {
+        children(unshare).into_iter().find(|p| Proc(*p).status("NSpid").split_whitespace().last() == Some("1"))
+    })
+}
+
+/// Sends `signal` (a raw number: real-time ones too) to `pid`.
+pub fn send_signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) with plain integers.
+    let r = unsafe { libc::kill(pid, signal) };
+    assert_eq!(r, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
 }

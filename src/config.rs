@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use crate::error::DaemonizeError;
 use crate::readiness::Sink;
 
+/// The umask of a daemon in the background unless told otherwise: systemd's `UMask=` default.
+/// blivet's 0 would make every file the daemon creates with mode 0666 world-writable.
+const DEFAULT_UMASK: u32 = 0o022;
+
 /// Settings of a daemon: files, identity, mode and how readiness is reported.
 ///
 /// ```
@@ -24,8 +28,8 @@ pub struct DaemonConfig {
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) lockfile: Option<PathBuf>,
     pub(crate) lock: bool,
-    pub(crate) chdir: PathBuf,
-    pub(crate) umask: u32,
+    pub(crate) chdir: Option<PathBuf>,
+    pub(crate) umask: Option<u32>,
     pub(crate) stdout: Option<PathBuf>,
     pub(crate) stderr: Option<PathBuf>,
     pub(crate) append: bool,
@@ -45,8 +49,8 @@ impl Default for DaemonConfig {
             pidfile: None,
             lockfile: None,
             lock: true,
-            chdir: PathBuf::from("/"),
-            umask: 0,
+            chdir: None,
+            umask: None,
             stdout: None,
             stderr: None,
             append: false,
@@ -63,8 +67,9 @@ impl Default for DaemonConfig {
 }
 
 impl DaemonConfig {
-    /// A config with the defaults: chdir `/`, umask 0, stdio on `/dev/null`, fds closed,
-    /// readiness reported on the launcher's pipe.
+    /// A config with the defaults: in the background, directory `/` and umask `022` (systemd's
+    /// `UMask=` default); in the foreground, the caller's directory and umask. Stdin on
+    /// `/dev/null` in the background, fds closed, readiness reported on the launcher's pipe.
     pub fn new() -> Self {
         Self::default()
     }
@@ -89,15 +94,17 @@ impl DaemonConfig {
         self
     }
 
-    /// Working directory of the daemon (default `/`).
+    /// Working directory of the daemon (default: `/` in the background, the caller's in the
+    /// foreground).
     pub fn chdir(&mut self, path: impl Into<PathBuf>) -> &mut Self {
-        self.chdir = path.into();
+        self.chdir = Some(path.into());
         self
     }
 
-    /// File mode creation mask of the daemon (default 0; at most `0o777`).
+    /// File mode creation mask of the daemon, at most `0o777` (default: `0o022` in the
+    /// background, the caller's in the foreground).
     pub fn umask(&mut self, mode: u32) -> &mut Self {
-        self.umask = mode;
+        self.umask = Some(mode);
         self
     }
 
@@ -221,10 +228,14 @@ impl DaemonConfig {
         c.lockfile = c.lockfile.as_deref().map(abs);
         c.stdout = c.stdout.as_deref().map(abs);
         c.stderr = self.stderr_path().as_deref().map(abs);
-        c.chdir = abs(&c.chdir);
+        if !c.foreground {
+            c.chdir.get_or_insert_with(|| PathBuf::from("/"));
+            c.umask.get_or_insert(DEFAULT_UMASK);
+        }
+        c.chdir = c.chdir.as_deref().map(abs);
 
-        if c.umask > 0o777 {
-            return Err(DaemonizeError::invalid(format!("invalid umask {:o}: must be at most 777", c.umask)));
+        if let Some(mask) = c.umask.filter(|m| *m > 0o777) {
+            return Err(DaemonizeError::invalid(format!("invalid umask {mask:o}: must be at most 777")));
         }
         for (key, value) in &c.env {
             let k = key.as_bytes();
@@ -285,15 +296,17 @@ impl DaemonConfig {
                 return Err(DaemonizeError::OutputFileError { path: p.clone(), source });
             }
         }
-        match std::fs::metadata(&c.chdir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(DaemonizeError::ChdirFailed {
-                    path: c.chdir.clone(),
-                    source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-                });
+        if let Some(dir) = &c.chdir {
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(DaemonizeError::ChdirFailed {
+                        path: dir.clone(),
+                        source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                    });
+                }
+                Err(source) => return Err(DaemonizeError::ChdirFailed { path: dir.clone(), source }),
             }
-            Err(source) => return Err(DaemonizeError::ChdirFailed { path: c.chdir.clone(), source }),
         }
         for &fd in &c.keep_fds {
             if fd < 3 {

@@ -140,6 +140,16 @@ pub enum DaemonizeError {
     /// `stop` could not stop the daemon, or refused to signal what the pidfile names.
     #[error("{0}")]
     StopFailed(String),
+    /// A signal (INT, TERM, HUP or QUIT) interrupted the start before the program was ready;
+    /// the program and its descendants were stopped. A command-line launcher dies of the same
+    /// signal after saying so ([`DaemonizeError::signal`]).
+    #[error("interrupted by {} before `{program}` was ready; stopped it", crate::readiness::source::signal_name(*signal))]
+    Interrupted {
+        /// The signal.
+        signal: i32,
+        /// The program's name.
+        program: String,
+    },
     /// The daemon reported its own failure through [`crate::DaemonContext::report_error`].
     #[error("{message}")]
     Reported {
@@ -182,7 +192,18 @@ impl DaemonizeError {
             MultiThreaded(_) | NotReady(_) => exit::SOFTWARE,
             ReadyTimeout(_) => exit::TEMPFAIL,
             StopFailed(_) => 1,
+            // What a shell reports for a process killed by the signal, where dying of it fails.
+            Interrupted { signal, .. } => 128 + signal,
             Reported { code, .. } => *code,
+        }
+    }
+
+    /// The signal a launcher should die of after reporting this error, so that its parent sees
+    /// the death it would have seen without conjure: the interrupting signal.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            DaemonizeError::Interrupted { signal, .. } => Some(*signal),
+            _ => None,
         }
     }
 

@@ -2,6 +2,7 @@
 //! an exit code. Everything else lives in the library.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -95,10 +96,10 @@ struct Start {
     /// Take no lock at all.
     #[arg(long = "no-lock", conflicts_with = "lock")]
     no_lock: bool,
-    /// Working directory of the daemon.
-    #[arg(short = 'c', long = "chdir", value_name = "PATH", default_value = "/")]
-    chdir: PathBuf,
-    /// File mode creation mask, in octal (e.g. 022).
+    /// Working directory (default: / in the background, the current one with -f).
+    #[arg(short = 'c', long = "chdir", value_name = "PATH")]
+    chdir: Option<PathBuf>,
+    /// File mode creation mask, in octal (default: 022 in the background, the current one with -f).
     #[arg(short = 'm', long = "umask", value_name = "MODE", value_parser = parse_umask)]
     umask: Option<u32>,
     /// Send stdout to this file (and stderr, unless -e: .stdout→.stderr, .out→.err, else the same).
@@ -144,6 +145,9 @@ struct Start {
     /// Resident: forward signals to the program's process group, not just the program.
     #[arg(long = "signal-group")]
     signal_group: bool,
+    /// Resident: forward signal FROM as signal TO (repeatable; names or numbers, e.g. TERM:QUIT).
+    #[arg(long = "rewrite", value_name = "FROM:TO", value_parser = parse_rewrite)]
+    rewrite: Vec<(i32, i32)>,
     /// Set an environment variable (repeatable).
     #[arg(short = 'E', long = "env", value_name = "NAME=VAL", value_parser = parse_env)]
     env: Vec<(OsString, OsString)>,
@@ -178,13 +182,27 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
     name.parse::<Signal>().map_err(|_| format!("invalid signal `{text}`"))
 }
 
+fn parse_rewrite(text: &str) -> Result<(i32, i32), String> {
+    let (from, to) = text
+        .split_once(':')
+        .ok_or_else(|| format!("invalid signal rewrite `{text}`: expected FROM:TO, like TERM:QUIT"))?;
+    Ok((conjure::process::parse_signal(from)?, conjure::process::parse_signal(to)?))
+}
+
 fn init_tracing(verbose: bool) {
     let filter = match std::env::var("CONJURE_LOG") {
         Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
         _ if verbose => tracing_subscriber::EnvFilter::new("conjure=debug"),
         _ => return,
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
+    // A log line that cannot be written (stderr closed, a full disk) is dropped: logging must
+    // never stop conjure, nor panic in its place.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .log_internal_errors(false)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -207,19 +225,19 @@ fn main() -> ExitCode {
         Some(Command::Status { pidfile, verbose }) => {
             init_tracing(verbose);
             let status = control::status(&pidfile);
-            println!("{}: {status}", pidfile.display());
+            say(format_args!("{}: {status}", pidfile.display()));
             status.code()
         }
         Some(Command::Stop { pidfile, signal, timeout, verbose }) => {
             init_tracing(verbose);
             match control::stop(&pidfile, signal, timeout) {
                 Ok(Stopped::NotRunning) => {
-                    println!("{}: not running", pidfile.display());
+                    say(format_args!("{}: not running", pidfile.display()));
                     0
                 }
                 Ok(Stopped::Stopped { pid, killed }) => {
                     let how = if killed { " (killed after the timeout)" } else { "" };
-                    println!("{}: stopped pid {pid}{how}", pidfile.display());
+                    say(format_args!("{}: stopped pid {pid}{how}", pidfile.display()));
                     0
                 }
                 Err(err) => report(&err),
@@ -246,21 +264,31 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// One line on stdout; a failed write is ignored (the exit code still says what happened).
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
+/// Says why conjure failed, in one line (a failed write is ignored: there is nobody left to
+/// tell), and the exit code. An interrupted start dies of the interrupting signal instead.
 fn report(err: &DaemonizeError) -> i32 {
-    eprintln!("conjure: {err}");
+    let _ = writeln!(std::io::stderr(), "conjure: {err}");
+    if let Some(signal) = err.signal() {
+        if std::process::id() != 1 {
+            let _ = conjure::process::die_of(signal);
+        }
+    }
     err.exit_code()
 }
 
 fn start(args: Start) -> Result<Outcome, DaemonizeError> {
     let mut config = DaemonConfig::new();
-    config
-        .chdir(args.chdir)
-        .append(args.append)
-        .foreground(args.foreground)
-        .close_fds(!args.no_close_fds)
-        .lock(!args.no_lock);
+    config.append(args.append).foreground(args.foreground).close_fds(!args.no_close_fds).lock(!args.no_lock);
     if let Some(p) = args.pidfile {
         config.pidfile(p);
+    }
+    if let Some(d) = args.chdir {
+        config.chdir(d);
     }
     if let Some(p) = args.lock {
         config.lockfile(p);
@@ -297,5 +325,8 @@ fn start(args: Start) -> Result<Outcome, DaemonizeError> {
         .kill_after(args.kill_after)
         .supervise(args.supervise)
         .signal_group(args.signal_group);
+    for (from, to) in args.rewrite {
+        launcher.rewrite(from, to);
+    }
     launcher.run()
 }

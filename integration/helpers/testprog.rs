@@ -10,6 +10,12 @@
 //! testprog listen-fds FILE             write LISTEN_PID, LISTEN_FDS, the pid and whether fd 3 is a
 //!                                      socket, then accept on fd 3 and answer "hello from PID\n"
 //! testprog ignore-term SECS            ignore SIGTERM, then sleep
+//! testprog tree FILE N [CODE]          fork N children that sleep (their command line is this
+//!                                      one), write "pids P C1 .. CN" to FILE, then sleep, or
+//!                                      exit with CODE and leave the children orphaned
+//! testprog record-signals FILE         take every signal through sigwaitinfo: write "ready",
+//!                                      then one line per signal received ("15"); exit 0 after
+//!                                      SIGTERM
 //! testprog wrap [OPTIONS] -- CMD ARGS  set up the state below, then exec CMD
 //!     --ignore SIG        SIG_IGN for SIG (name, number, or RTMIN+N)
 //!     --block SIG         block SIG in the signal mask
@@ -61,6 +67,8 @@ fn main() {
             unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
             sleep(arg(&strs, 1).parse().unwrap_or_else(|_| usage()));
         }
+        "tree" => tree(Path::new(arg(&strs, 1)), arg(&strs, 2).parse().unwrap_or_else(|_| usage()), strs.get(3)),
+        "record-signals" => record_signals(Path::new(arg(&strs, 1))),
         "wrap" => wrap(&args[1..]),
         _ => usage(),
     }
@@ -106,6 +114,49 @@ fn describe_self() -> String {
         out.push_str(&format!("fd {fd} {target}\n"));
     }
     out
+}
+
+fn tree(file: &Path, n: u32, code: Option<&String>) {
+    let mut pids = vec![std::process::id()];
+    for _ in 0..n {
+        // SAFETY: this process runs one thread; the child only sleeps.
+        match unsafe { libc::fork() } {
+            -1 => panic!("testprog: fork: {}", std::io::Error::last_os_error()),
+            0 => loop {
+                std::thread::sleep(Duration::from_secs(600));
+            },
+            child => pids.push(child as u32),
+        }
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    write_atomically(file, &format!("pids {}\n", list.join(" ")));
+    match code {
+        Some(c) => std::process::exit(c.parse().unwrap_or_else(|_| usage())),
+        None => sleep(600),
+    }
+}
+
+fn record_signals(file: &Path) {
+    // SAFETY: a full set, blocked in this single-threaded process, then waited for.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let mut out = std::fs::OpenOptions::new().create(true).append(true).open(file).expect("testprog: open");
+    out.write_all(b"ready\n").expect("testprog: write");
+    loop {
+        // SAFETY: a valid set and a null info pointer.
+        let sig = unsafe { libc::sigwaitinfo(&set, std::ptr::null_mut()) };
+        if sig < 0 {
+            continue;
+        }
+        out.write_all(format!("{sig}\n").as_bytes()).expect("testprog: write");
+        if sig == libc::SIGTERM {
+            std::process::exit(0);
+        }
+    }
 }
 
 fn listen_fds(out: &Path) {

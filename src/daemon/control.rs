@@ -6,18 +6,15 @@
 //! signal goes through a pidfd opened before those checks, so that even a pid reused in between
 //! cannot be hit.
 
-use std::io;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use crate::daemon::pidfile::{self, Probe, Role};
 use crate::error::{DaemonizeError, why};
-use crate::sys;
+use crate::process::{KILL_WAIT, Process};
 
 /// What `conjure status` found, with its LSB exit code ([`Status::code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,17 +105,16 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
         }
         Err(e) => return Err(fail(format!("cannot read pidfile `{}`: {}", pidfile.display(), why(&e)))),
     };
-    let pidfd = match sys::pidfd_open(pid) {
-        Ok(Some(fd)) => Some(fd),
-        Ok(None) if !alive(pid) => {
-            return Err(fail(format!(
-                "pidfile `{}` names pid {pid}, which is not running, yet its lock is held",
-                pidfile.display()
-            )));
-        }
-        Ok(None) => None,
+    let mut process = match Process::existing(pid) {
+        Ok(p) => p,
         Err(e) => return Err(DaemonizeError::SystemError { call: "pidfd_open", source: e }),
     };
+    if !alive(pid) {
+        return Err(fail(format!(
+            "pidfile `{}` names pid {pid}, which is not running, yet its lock is held",
+            pidfile.display()
+        )));
+    }
     if holds_file(pid, pidfile) == Some(false) {
         return Err(fail(format!(
             "pid {pid} named by `{}` does not hold that file open; refusing to signal it",
@@ -128,99 +124,25 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
     if !matches!(pidfile::probe(pidfile), Ok(Probe::Locked(Some(p))) if p == pid) {
         return Err(fail(format!("pidfile `{}` changed while stopping; try again", pidfile.display())));
     }
-    let deadline = Instant::now() + timeout;
-    tracing::debug!(pid, ?signal, "signalling");
-    send(pidfd.as_ref(), pid, signal as i32).map_err(|e| fail(format!("cannot signal pid {pid}: {}", why(&e))))?;
-    let mut killed = false;
-    if !wait_exit(pidfd.as_ref(), pid, deadline) {
-        tracing::debug!(pid, "still running after {timeout:?}; sending SIGKILL");
-        send(pidfd.as_ref(), pid, libc::SIGKILL).map_err(|e| fail(format!("cannot kill pid {pid}: {}", why(&e))))?;
-        if !wait_exit(pidfd.as_ref(), pid, Instant::now() + KILL_WAIT) {
-            return Err(fail(format!("pid {pid} survived SIGKILL for {KILL_WAIT:?}")));
-        }
-        killed = true;
-    }
-    // Descendants that inherited the lock keep it, and with it the daemon "running", after the
-    // main process is gone. They hold the pidfile open, which makes them part of this daemon and
-    // nothing else: they get the same treatment.
-    let stragglers: Vec<(i32, Option<OwnedFd>)> =
-        holders(pidfile).into_iter().filter(|p| *p != pid).map(|p| (p, sys::pidfd_open(p).ok().flatten())).collect();
-    for (p, fd) in &stragglers {
-        tracing::debug!(pid = p, "signalling a descendant that still holds the lock");
-        let _ = send(fd.as_ref(), *p, signal as i32);
-    }
-    for (p, fd) in &stragglers {
-        if !wait_exit(fd.as_ref(), *p, deadline) {
-            let _ = send(fd.as_ref(), *p, libc::SIGKILL);
-            killed = true;
-            if !wait_exit(fd.as_ref(), *p, Instant::now() + KILL_WAIT) {
-                return Err(fail(format!("pid {p}, holding `{}`, survived SIGKILL", pidfile.display())));
-            }
-        }
+    tracing::debug!(pid, ?signal, "stopping the daemon and its descendants");
+    // The daemon's whole tree: descendants that inherited the lock would otherwise keep the
+    // daemon "running" after the main process is gone.
+    let stopped = process.terminate(signal as i32, timeout);
+    if stopped.survivors > 0 {
+        return Err(fail(format!(
+            "pid {pid} (or {} of its descendants) survived SIGKILL for {KILL_WAIT:?}",
+            stopped.survivors
+        )));
     }
     remove_if_unlocked(pidfile);
-    Ok(Stopped::Stopped { pid, killed })
-}
-
-/// How long a process may take to die after SIGKILL before `stop` gives up.
-const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// Processes that have `path` open, found through `/proc/*/fd` (those this user may read).
-fn holders(path: &Path) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    procs
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| holds_file(*p, path) == Some(true))
-        .collect()
-}
-
-/// Signals `pid` through its pidfd when there is one (never a reused pid), else with kill(2).
-pub(crate) fn send(pidfd: Option<&OwnedFd>, pid: i32, signal: i32) -> io::Result<()> {
-    match pidfd {
-        Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
-        None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::try_from(signal).ok())
-            .map_err(io::Error::from),
-    }
+    Ok(Stopped::Stopped { pid, killed: stopped.killed })
 }
 
 /// Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it.
 fn alive(pid: i32) -> bool {
     let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    let zombie = crate::process::proc_state_and_parent(pid).is_some_and(|(state, _)| state == 'Z');
+    let zombie = crate::process::stat(pid).is_some_and(|s| s.dead());
     exists && !zombie
-}
-
-/// Waits until the process exits: poll on its pidfd, or (old kernels) on `kill(pid, 0)`.
-fn wait_exit(pidfd: Option<&OwnedFd>, pid: i32, deadline: Instant) -> bool {
-    match pidfd {
-        Some(fd) => wait_readable(fd, deadline),
-        None => {
-            while alive(pid) {
-                if Instant::now() >= deadline {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            true
-        }
-    }
-}
-
-/// Waits until `fd` is readable or `deadline` passes; `true` when readable.
-pub(crate) fn wait_readable(fd: &OwnedFd, deadline: Instant) -> bool {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
-            Ok(0) if left.is_zero() => return false,
-            Ok(0) => continue,
-            Ok(_) => return true,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// Whether `pid` has `path` open: `None` when `/proc/PID/fd` cannot be read (another user's

@@ -7,74 +7,33 @@
 //! the pidfile sink in the background detaches the launcher itself, which needs one thread.)
 //!
 //! Modes, as design section 2 lays them out:
-//! - background, `exec` source: double fork, wait for the exec, return;
-//! - background, any other source: the same, then wait for readiness as the program's child
-//!   subreaper, so its death is seen at once with its status;
+//! - background: double fork, then wait in the event loop (`watch.rs`) for the exec and, with
+//!   a source other than `exec`, for readiness, as the program's child subreaper so that its
+//!   death is seen at once with its status;
 //! - foreground, `exec` source: set up in place and exec: conjure becomes the program;
 //! - resident (foreground with a source to watch, `--supervise`, or PID 1): see `resident.rs`.
+//!
+//! Once the program exists, every failure (a failed exec, a death or a timeout before
+//! readiness, a signal that interrupts the start, a supervisor that cannot be told) goes
+//! through [`abort`]: the program's whole tree is stopped and the pidfile removed before the
+//! error is reported.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
 use std::time::Duration;
 
 use crate::config::DaemonConfig;
 use crate::daemon::resident::Resident;
-use crate::daemon::{Chown, PidfileMode, Prepared, cstring, reap, report};
+use crate::daemon::watch::{Event, Signals, Watch, interrupts_start};
+use crate::daemon::{Chown, PidfileMode, Prepared, cstring, reap};
 use crate::error::DaemonizeError;
+use crate::process::Process;
 use crate::readiness::notify::{self, NotifyHost};
-use crate::readiness::wait::{Armed, NotReady, Waiter};
+use crate::readiness::source::{Armed, describe_status, waited};
 use crate::readiness::{Sink, SinkChoice, Source, sink};
-use crate::sys::{self, ExecPlan};
-
-/// Background launch with the `exec` source: reads the report pipe until the exec closes it.
-fn wait_for_exec(
-    read_end: std::os::fd::OwnedFd,
-    prepared: &Prepared,
-    program: &Path,
-) -> Result<Outcome, DaemonizeError> {
-    let mut pid = None;
-    let mut failure = None;
-    report::read_until_eof(read_end, |record| {
-        match record {
-            report::Record::Pid(p) => pid = Some(p),
-            report::Record::Failed(f) => failure = Some(f),
-            other => tracing::debug!(?other, "unexpected record from the child"),
-        }
-        failure.is_none()
-    })
-    .map_err(|source| DaemonizeError::SystemError { call: "read from the daemon", source })?;
-    match (failure, pid) {
-        (Some(f), _) => Err(prepared.failure_error(f, Some(program))),
-        (None, Some(pid)) => Ok(Outcome::Ready { pid }),
-        (None, None) => Err(DaemonizeError::NotReady("the daemon died before it could start the program".into())),
-    }
-}
-
-/// The error for a program that did not become ready.
-pub(crate) fn not_ready_error(
-    why: NotReady,
-    prepared: &Prepared,
-    program: &Path,
-    timeout: Option<Duration>,
-) -> DaemonizeError {
-    match why {
-        NotReady::Died(how) => DaemonizeError::NotReady(format!("`{}` {how} before it was ready", name(program))),
-        NotReady::TimedOut(t) => DaemonizeError::ReadyTimeout(format!(
-            "`{}` was not ready after {}; stopped it",
-            name(program),
-            crate::duration::format(timeout.map_or(t, |d| d.max(t)))
-        )),
-        NotReady::ExecFailed(f) => prepared.failure_error(f, Some(program)),
-        NotReady::Error(e) => e,
-    }
-}
-
-/// A program's name as an operator knows it: the file name of its resolved path.
-fn name(program: &Path) -> String {
-    program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned()
-}
+use crate::sys::{self, ChildPlan, ExecPlan};
 
 /// `LISTEN_FDS` fds start here (sd_listen_fds(3)).
 const LISTEN_FDS_START: i32 = 3;
@@ -91,6 +50,7 @@ pub struct Launcher {
     kill_after: Duration,
     supervise: bool,
     signal_group: bool,
+    rewrite: Vec<(i32, i32)>,
 }
 
 /// Default readiness timeout: systemd's default start timeout.
@@ -134,6 +94,7 @@ impl Launcher {
             kill_after: DEFAULT_KILL_AFTER,
             supervise: false,
             signal_group: false,
+            rewrite: Vec::new(),
         }
     }
 
@@ -174,6 +135,15 @@ impl Launcher {
         self
     }
 
+    /// Resident mode forwards signal `from`, when conjure receives it, as signal `to` (nginx
+    /// stops gracefully on QUIT, a container runtime sends TERM). Repeatable; the last rule for
+    /// a signal wins.
+    pub fn rewrite(&mut self, from: i32, to: i32) -> &mut Self {
+        self.rewrite.retain(|(f, _)| *f != from);
+        self.rewrite.push((from, to));
+        self
+    }
+
     /// Appends arguments (after `argv[0]`, which is the program as given).
     pub fn args<I, S>(&mut self, args: I) -> &mut Self
     where
@@ -195,6 +165,12 @@ impl Launcher {
     /// with the pidfile complete and the sink told. In the foreground with the `exec` source the
     /// program replaces the calling process, so this returns only on failure. Resident, it
     /// returns when the program has ended. Every failure leaves no process and no pidfile.
+    ///
+    /// While it waits, the calling thread has SIGINT, SIGTERM, SIGHUP and SIGQUIT blocked and
+    /// reads them itself: one of them before the program is ready stops the program and its
+    /// descendants and comes back as [`DaemonizeError::Interrupted`]. (Resident, every signal
+    /// is taken over and forwarded to the program.) The mask and the child-subreaper flag are
+    /// the caller's again when this returns.
     pub fn run(&self) -> Result<Outcome, DaemonizeError> {
         self.config.validate()?;
         let program = resolve_program(&self.program, self.search_path().as_deref())?;
@@ -219,6 +195,9 @@ impl Launcher {
             ));
         }
         tracing::debug!(?sink, resident, foreground, "mode chosen");
+        // Children whose statuses the kernel throws away cannot be waited for.
+        sys::make_children_waitable()
+            .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
 
         // Keep the number a readiness fd must take free of every file opened until the fork
         // (the report pipe and the signalfd included): held until this function returns.
@@ -230,44 +209,42 @@ impl Launcher {
         };
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(&self.config, Chown::Now, mode)?;
-        let mut armed = Armed::arm(&self.source)?;
-        // A resident conjure that notifies is the main process: whatever the program says over
-        // sd_notify must come through conjure, so the program gets conjure's socket, not the
-        // supervisor's, even when it is not the readiness source.
-        let relay_host = if resident && sink == Sink::Notify && !matches!(armed, Armed::Notify(_)) {
-            Some(
-                NotifyHost::bind()
-                    .map_err(|source| DaemonizeError::SystemError { call: "binding the notify socket", source })?,
-            )
+        let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
+        // The program's NOTIFY_SOCKET: conjure's own socket with the notify source and, when
+        // resident conjure notifies as the main process, for whatever the program says over
+        // sd_notify, which must come through conjure to count.
+        let host = if matches!(armed, Armed::Notify) || (resident && sink == Sink::Notify) {
+            let host = NotifyHost::bind().map_err(|source| {
+                prepared.abandon(DaemonizeError::SystemError { call: "binding the notify socket", source })
+            })?;
+            Some(host)
         } else {
             None
         };
-        let source_env = armed.env().or_else(|| relay_host.as_ref().map(|h| (notify::NOTIFY_SOCKET, h.env_value())));
+        let source_env = host.as_ref().map(|h| (notify::NOTIFY_SOCKET, h.env_value()));
         let listen_fds = listen_fds();
-        let exec = self.exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env)?;
+        let exec =
+            self.exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env).map_err(|e| prepared.abandon(e))?;
         let mut plan = prepared.plan(None, &listen_fds, true);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
 
         if resident {
-            prepared.write_own_pid()?;
+            prepared.write_own_pid().map_err(|e| prepared.abandon(e))?;
             plan.pidfile = -1;
-            let ended = Resident {
+            return Resident {
                 prepared: &mut prepared,
                 plan,
                 armed,
-                relay_host,
+                host,
                 sink,
                 timeout: self.ready_timeout,
                 kill_after: self.kill_after,
                 signal_group: self.signal_group,
+                rewrite: &self.rewrite,
                 program: &program,
             }
             .run();
-            if ended.is_err() {
-                prepared.remove_pidfile();
-            }
-            return ended;
         }
 
         if foreground {
@@ -280,8 +257,7 @@ impl Launcher {
                     None => unreachable!("the exec plan was set just above"),
                 },
             };
-            prepared.remove_pidfile();
-            return Err(prepared.failure_error(failure, Some(&program)));
+            return Err(prepared.abandon(prepared.failure_error(failure, Some(&program))));
         }
 
         if sink == Sink::Pidfile {
@@ -292,16 +268,29 @@ impl Launcher {
                 return Ok(Outcome::Detached { watcher });
             }
         }
-        // Adopt the daemon when the intermediate child exits, so that its death is ours to see,
-        // with its status; the caller's own setting comes back afterwards.
-        let was_subreaper = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
-        if self.source.needs_watch() {
-            nix::sys::prctl::set_child_subreaper(true)
-                .map_err(|e| prepared.abandon(DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e)))?;
-        }
-        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
-        plan.report = std::os::fd::AsRawFd::as_raw_fd(&write_end);
+        self.background(&mut prepared, plan, armed, host, sink, &program)
+    }
+
+    /// The double fork, then the wait: for the exec, and for readiness with a source to watch.
+    fn background(
+        &self,
+        prepared: &mut Prepared,
+        mut plan: ChildPlan,
+        mut armed: Armed,
+        host: Option<NotifyHost>,
+        sink: Sink,
+        program: &Path,
+    ) -> Result<Outcome, DaemonizeError> {
+        // Adopt the program when the intermediate child exits, so that its death is ours to see
+        // with its status. The caller's own setting comes back when the guard goes.
+        let _subreaper = match self.source.needs_watch() {
+            true => Some(Subreaper::set().map_err(|e| prepared.abandon(e))?),
+            false => None,
+        };
+        // Taken over before the fork, so that no interrupt between fork and wait is lost.
+        let signals = Signals::interrupts().map_err(|e| prepared.abandon(e))?;
+        let (read_end, write_end) = report_pipe().map_err(|e| prepared.abandon(e))?;
+        plan.report = write_end.as_raw_fd();
         plan.seal();
         tracing::debug!("forking");
         let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
@@ -309,46 +298,34 @@ impl Launcher {
         armed.forked();
         reap(spawned.child);
 
-        let result = if self.source.needs_watch() {
-            self.watch(read_end, &mut armed, &mut prepared, sink, &program)
-        } else {
-            wait_for_exec(read_end, &prepared, &program)
-        };
-        if self.source.needs_watch() && !was_subreaper {
-            let _ = nix::sys::prctl::set_child_subreaper(false);
+        // The intermediate child made a session for the program: until its pid is reported,
+        // that session is how the program is known, and stopped.
+        let mut watch = Watch::new(Process::in_session(spawned.child), Some(read_end));
+        watch.source(armed, self.ready_timeout).signals(signals);
+        if let Some(host) = host {
+            watch.notify(host);
         }
-        match &result {
-            Ok(outcome) => tracing::debug!(?outcome, "ready"),
-            Err(_) => prepared.remove_pidfile(),
+        let ready = until_ready(&mut watch, !self.source.needs_watch(), prepared, program, |_, event| match event {
+            Event::Signal(r) if interrupts_start(&r) => {
+                Err(DaemonizeError::Interrupted { signal: r.signo, program: name(program) })
+            }
+            _ => Ok(()),
+        })
+        .and_then(|()| {
+            watch.disarm();
+            let pid = watch.process.pid();
+            prepared.publish_pidfile()?;
+            sink::ready(sink, (sink == Sink::Notify).then_some(pid), watch.status.as_deref())?;
+            Ok(Outcome::Ready { pid })
+        });
+        match ready {
+            Ok(outcome) => {
+                tracing::debug!(?outcome, "ready");
+                watch.discard_signals();
+                Ok(outcome)
+            }
+            Err(e) => Err(abort(&mut watch.process, prepared, self.kill_after, e)),
         }
-        result
-    }
-
-    /// Background launch with a source to watch: waits, then tells the sink.
-    fn watch(
-        &self,
-        read_end: std::os::fd::OwnedFd,
-        armed: &mut Armed,
-        prepared: &mut Prepared,
-        sink: Sink,
-        program: &Path,
-    ) -> Result<Outcome, DaemonizeError> {
-        let mut waiter = Waiter::new(None, Some(read_end), self.ready_timeout)?;
-        let waited = waiter.wait(armed, |_| {}, None);
-        Waiter::disarm(armed);
-        if let Err(why) = waited {
-            waiter.stop(self.kill_after);
-            return Err(not_ready_error(why, prepared, program, self.ready_timeout));
-        }
-        let pid = waiter.pid;
-        if let Err(e) = prepared
-            .publish_pidfile()
-            .and_then(|()| sink::ready(sink, (sink == Sink::Notify).then_some(pid), waiter.status.as_deref()))
-        {
-            waiter.stop(self.kill_after);
-            return Err(e);
-        }
-        Ok(Outcome::Ready { pid })
     }
 
     /// `PATH` as the program will see it: `-E PATH=…` if given, else the launcher's.
@@ -413,6 +390,95 @@ impl Launcher {
         let pid_vars: &[&str] = if rewrite_listen_pid { &["LISTEN_PID"] } else { &[] };
         Ok(ExecPlan::new(cstring(program.as_os_str().as_bytes()), argv, entries, pid_vars))
     }
+}
+
+/// Waits until the program is ready: exec'd, with the `exec` source; else the source said so. Events that are not about readiness
+/// go to `other`, which may end the wait with an error.
+pub(crate) fn until_ready(
+    watch: &mut Watch,
+    exec_source: bool,
+    prepared: &Prepared,
+    program: &Path,
+    mut other: impl FnMut(&mut Watch, Event) -> Result<(), DaemonizeError>,
+) -> Result<(), DaemonizeError> {
+    loop {
+        match watch.next()? {
+            Event::Pid(pid) => tracing::debug!(pid, "program started"),
+            Event::Closed if exec_source => return Ok(()),
+            Event::Closed => tracing::debug!(pid = watch.process.pid(), "program exec'd; watching for readiness"),
+            Event::Ready => return Ok(()),
+            Event::Failed(f) => return Err(prepared.failure_error(f, Some(program))),
+            Event::Ended(status) => {
+                let how = status.map_or_else(|| "exited".to_string(), describe_status);
+                return Err(DaemonizeError::NotReady(format!("`{}` {how} before it was ready", name(program))));
+            }
+            Event::TimedOut => {
+                return Err(DaemonizeError::ReadyTimeout(format!(
+                    "`{}` was not ready after {}; stopped it",
+                    name(program),
+                    waited(watch.timeout())
+                )));
+            }
+            other_event => other(watch, other_event)?,
+        }
+    }
+}
+
+/// Every failure once the program exists ends here: its whole tree is stopped (TERM, then
+/// KILL after `grace`) and the pidfile removed, before the error is reported.
+pub(crate) fn abort(
+    process: &mut Process,
+    prepared: &Prepared,
+    grace: Duration,
+    err: DaemonizeError,
+) -> DaemonizeError {
+    tracing::debug!(error = %err, "start failed; stopping what was started");
+    process.terminate(libc::SIGTERM, grace);
+    prepared.remove_pidfile();
+    err
+}
+
+/// The report pipe: close-on-exec both ends, the launcher's read end non-blocking (the event
+/// loop reads whatever is there), the child's write end blocking.
+pub(crate) fn report_pipe() -> Result<(OwnedFd, OwnedFd), DaemonizeError> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+    let flags =
+        OFlag::from_bits_truncate(fcntl(&read_end, FcntlArg::F_GETFL).map_err(|e| DaemonizeError::sys("fcntl", e))?);
+    fcntl(&read_end, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(|e| DaemonizeError::sys("fcntl", e))?;
+    Ok((read_end, write_end))
+}
+
+/// The calling process is a child subreaper while this lives; the previous setting comes back
+/// when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Subreaper {
+    was: bool,
+}
+
+impl Subreaper {
+    /// Makes the calling process a child subreaper.
+    pub(crate) fn set() -> Result<Subreaper, DaemonizeError> {
+        let was = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+        if !was {
+            nix::sys::prctl::set_child_subreaper(true)
+                .map_err(|e| DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+        }
+        Ok(Subreaper { was })
+    }
+}
+
+impl Drop for Subreaper {
+    fn drop(&mut self) {
+        if !self.was {
+            let _ = nix::sys::prctl::set_child_subreaper(false);
+        }
+    }
+}
+
+/// A program's name as an operator knows it: the file name of its resolved path.
+pub(crate) fn name(program: &Path) -> String {
+    program.file_name().unwrap_or(program.as_os_str()).to_string_lossy().into_owned()
 }
 
 /// The socket-activation fds handed to this process: fds 3 .. 3+`LISTEN_FDS`-1, when

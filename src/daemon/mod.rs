@@ -20,9 +20,10 @@ pub mod launcher;
 pub(crate) mod pidfile;
 pub(crate) mod report;
 mod resident;
+pub(crate) mod watch;
 
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -32,10 +33,12 @@ pub use context::DaemonContext;
 
 use crate::config::DaemonConfig;
 use crate::error::DaemonizeError;
+use crate::process::Process;
 use crate::readiness::Sink;
 use crate::sys::{self, ChildPlan, Failure, Stage};
 use ids::Identity;
 use pidfile::Role;
+use watch::{Event, Watch};
 
 /// Files and facts gathered before the fork. Dropping it closes the launcher's copies; the
 /// daemon keeps its own.
@@ -176,15 +179,17 @@ impl Prepared {
         inherit.extend_from_slice(inherit_extra);
         let mut plan = ChildPlan {
             report: report.map_or(-1, |r| r.as_raw_fd()),
-            umask: self.config.umask as libc::mode_t,
-            chdir: cstring(self.config.chdir.as_os_str().as_bytes()),
-            stdio: [null, inherited(&self.stdout, keep_stdio), inherited(&self.stderr, keep_stdio)],
+            umask: self.config.umask.map(|m| m as libc::mode_t),
+            chdir: self.config.chdir.as_ref().map(|d| cstring(d.as_os_str().as_bytes())),
+            // In the foreground stdin stays the caller's (`echo cmd | conjure -f -- sh`).
+            stdio: [keep_stdio, inherited(&self.stdout, keep_stdio), inherited(&self.stderr, keep_stdio)],
             pidfile: self.pidfile.as_ref().map_or(-1, |f| f.as_raw_fd()),
             inherit,
             moves: Vec::new(),
             keep: Vec::new(),
             close_fds: self.config.close_fds,
             new_pgrp: false,
+            tty: -1,
             ids: if drop_ids { self.identity.as_ref().map(|i| i.ids.clone()) } else { None },
             exec: None,
             sigmax: 0,
@@ -203,7 +208,7 @@ impl Prepared {
         match failure.stage {
             Stage::Setsid => DaemonizeError::SetsidFailed(source),
             Stage::Fork => DaemonizeError::ForkFailed(source),
-            Stage::Chdir => DaemonizeError::ChdirFailed { path: c.chdir.clone(), source },
+            Stage::Chdir => DaemonizeError::ChdirFailed { path: c.chdir.clone().unwrap_or_default(), source },
             Stage::Stdio => DaemonizeError::OutputFileError {
                 path: c.stdout.clone().unwrap_or_else(|| PathBuf::from("/dev/null")),
                 source,
@@ -218,6 +223,7 @@ impl Prepared {
             )),
             Stage::CloseFds => DaemonizeError::SystemError { call: "close_range", source },
             Stage::Fds => DaemonizeError::SystemError { call: "dup2", source },
+            Stage::ProcessGroup => DaemonizeError::SystemError { call: "setpgid/tcsetpgrp", source },
             Stage::Exec => {
                 let path = program.map(Path::to_path_buf).unwrap_or_default();
                 match failure.errno {
@@ -341,28 +347,40 @@ pub(crate) fn daemonize_with(
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| prepared.abandon(DaemonizeError::sys("pipe2", e)))?;
+    let (read_end, write_end) = launcher::report_pipe().map_err(|e| prepared.abandon(e))?;
     let plan = prepared.plan(Some(&write_end), &sink_fd, false);
+    // Interrupts are blocked across the fork (the daemon clears its mask in setup) and read
+    // from a signalfd in the original process only, so that none is lost in between.
+    let interrupts = watch::interrupt_set();
+    let mask = watch::Signals::block(&interrupts).map_err(|e| prepared.abandon(e))?;
     tracing::debug!("forking the daemon");
     match sys::fork_daemon(&plan, &one_thread).map_err(|e| prepared.abandon(e))? {
         sys::Side::Launcher { child } => {
             drop(write_end);
             reap(child);
-            let code = match wait_for_library_daemon(read_end, &prepared) {
+            let mut watch = Watch::new(Process::in_session(child), Some(read_end));
+            let waited = watch::Signals::read_blocked(mask, &interrupts).and_then(|signals| {
+                watch.signals(signals);
+                wait_for_library_daemon(&mut watch, &prepared)
+            });
+            let code = match waited {
                 Ok(()) => 0,
                 Err(err) => {
+                    let err = launcher::abort(&mut watch.process, &prepared, launcher::DEFAULT_KILL_AFTER, err);
                     // Prefixed like any command's complaint: the launcher is the user's program.
                     let me = std::env::args_os().next().map(PathBuf::from);
                     let name = me.as_deref().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned());
-                    eprintln!("{}: {err}", name.unwrap_or_else(|| "daemon".into()));
-                    prepared.remove_pidfile();
+                    let _ = writeln!(io::stderr(), "{}: {err}", name.unwrap_or_else(|| "daemon".into()));
+                    if let Some(signal) = err.signal() {
+                        let _ = crate::process::die_of(signal);
+                    }
                     err.exit_code()
                 }
             };
             std::process::exit(code)
         }
         sys::Side::Daemon => {
+            mask.forget();
             // The setup closed every fd it did not keep, the read end among them: closing it
             // again would close whatever reused the number (debug builds abort on the EBADF).
             if prepared.config.close_fds {
@@ -376,27 +394,27 @@ pub(crate) fn daemonize_with(
     }
 }
 
-/// The original process of [`daemonize_with`]: waits for "ready", an error, or end of file.
-fn wait_for_library_daemon(read_end: OwnedFd, prepared: &Prepared) -> Result<(), DaemonizeError> {
-    let mut pid = None;
-    let mut outcome = None;
-    report::read_until_eof(read_end, |record| {
-        match record {
-            report::Record::Pid(p) => pid = Some(p),
-            report::Record::Ready => outcome = Some(Ok(())),
-            report::Record::Status(s) => tracing::info!(status = %s, "daemon status"),
-            report::Record::Failed(f) => outcome = Some(Err(prepared.failure_error(f, None))),
-            report::Record::Error { code, message } => outcome = Some(Err(DaemonizeError::Reported { code, message })),
+/// The original process of [`daemonize_with`]: waits for "ready", an error, the daemon's end,
+/// or an interrupt.
+fn wait_for_library_daemon(watch: &mut Watch, prepared: &Prepared) -> Result<(), DaemonizeError> {
+    loop {
+        match watch.next()? {
+            Event::DaemonReady => return Ok(()),
+            Event::DaemonStatus(s) => tracing::info!(status = %s, "daemon status"),
+            Event::DaemonError { code, message } => return Err(DaemonizeError::Reported { code, message }),
+            Event::Failed(f) => return Err(prepared.failure_error(f, None)),
+            Event::Closed | Event::Ended(_) => {
+                return Err(DaemonizeError::NotReady(match watch.process.pid() {
+                    0 => "daemon exited before it started".to_string(),
+                    p => format!("daemon (pid {p}) exited or dropped its context before it was ready"),
+                }));
+            }
+            Event::Signal(r) if watch::interrupts_start(&r) => {
+                return Err(DaemonizeError::Interrupted { signal: r.signo, program: "daemon".into() });
+            }
+            _ => {}
         }
-        outcome.is_none()
-    })
-    .map_err(|source| DaemonizeError::SystemError { call: "read from the daemon", source })?;
-    outcome.unwrap_or_else(|| {
-        Err(DaemonizeError::NotReady(match pid {
-            Some(p) => format!("daemon (pid {p}) exited or dropped its context before it was ready"),
-            None => "daemon exited before it started".to_string(),
-        }))
-    })
+    }
 }
 
 impl Prepared {
@@ -432,23 +450,4 @@ impl Prepared {
 /// See [`daemonize`](crate::daemonize) for what happens; this is its safe form.
 pub fn daemonize_checked(config: &DaemonConfig) -> Result<DaemonContext, DaemonizeError> {
     daemonize_with(config, sys::SingleThreaded::checked()?)
-}
-
-/// Reaps every child that has exited, without blocking. Returns the status of `program` if it
-/// was among them, and whether no child is left at all.
-pub(crate) fn reap_all(program: i32) -> (Option<crate::process::WaitStatus>, bool) {
-    let mut found = None;
-    loop {
-        let mut status = 0;
-        match sys::waitpid_raw(-1, &mut status, libc::WNOHANG) {
-            Ok(0) => return (found, false),
-            Ok(pid) => {
-                if pid == program {
-                    found = Some(status);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return (found, true),
-        }
-    }
 }

@@ -7,7 +7,7 @@
 //! exit code and message, or a status line. End of file without "ready" means the daemon is
 //! gone or dropped its context; after a successful `exec` it means the exec happened.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 
 use crate::sys::{FAILURE_TAG, Failure, PID_TAG, Stage};
@@ -120,28 +120,6 @@ impl Decoder {
 
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("report pipe: {what}"))
-}
-
-/// Reads records until end of file, handing each to `on_record`; stops early when it returns
-/// `false`. Blocking; used where nothing else needs watching.
-pub(crate) fn read_until_eof(fd: OwnedFd, mut on_record: impl FnMut(Record) -> bool) -> io::Result<()> {
-    let mut file = std::fs::File::from(fd);
-    let mut decoder = Decoder::default();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        decoder.feed(&buf[..n]);
-        while let Some(record) = decoder.next()? {
-            if !on_record(record) {
-                return Ok(());
-            }
-        }
-    }
 }
 
 #[cfg(test)]

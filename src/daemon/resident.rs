@@ -5,204 +5,252 @@
 //! main process (so that `NotifyAccess=main` accepts it), and PID 1 in a container, where
 //! nobody else reaps orphans or turns a `docker stop` into a signal the program sees.
 //!
-//! conjure then does what tini does, and no more: it forwards every signal a supervisor or a
-//! terminal sends (to the program, or its process group with `--signal-group`), reaps every
-//! zombie (as PID 1, or as a child subreaper elsewhere), relays the program's sd_notify
-//! messages to the real `NOTIFY_SOCKET`, removes the pidfile when the program exits, waits for
-//! the remaining descendants, and ends the way the program ended. Signals arrive through a
-//! signalfd and everything waits in one `poll` without a timeout, so idle conjure makes no
-//! wakeups.
+//! conjure then does what tini does, and a little more:
+//! - every signal it receives is forwarded, by number (real-time ones included; `--rewrite`
+//!   turns one into another), to the program or its process group, from the first instant:
+//!   a TERM before readiness reaches the program like any other. A fault signal that another
+//!   process sent is forwarded too; a SIGPIPE conjure caused itself is not;
+//! - it reaps every zombie (as PID 1, or as the child subreaper of the program's orphans);
+//! - it relays the program's sd_notify messages to the real `NOTIFY_SOCKET`;
+//! - on a terminal, the program gets its own process group, made the terminal's foreground
+//!   group, so that a Ctrl-C reaches it once, from the terminal; when the program is stopped
+//!   from the terminal (Ctrl-Z), conjure stops too, so the shell gets its prompt back, and
+//!   `fg` resumes both;
+//! - when the program exits, whatever is left of its tree gets TERM, then KILL after
+//!   `--kill-after`, the pidfile goes, and conjure ends the way the program ended.
+//!
+//! Signals arrive through a signalfd and everything waits in the one event loop without a
+//! timeout, so idle conjure makes no wakeups.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
-use crate::daemon::launcher::Outcome;
-use crate::daemon::{Prepared, reap_all};
+use crate::daemon::Prepared;
+use crate::daemon::launcher::{Outcome, Subreaper, abort, report_pipe, until_ready};
+use crate::daemon::watch::{Event, Received, Signals, Watch, self_inflicted};
 use crate::error::DaemonizeError;
-use crate::readiness::notify;
-use crate::readiness::wait::{Armed, Progress, Waiter};
+use crate::process::Process;
+use crate::readiness::notify::{self, NotifyHost};
+use crate::readiness::source::Armed;
 use crate::readiness::{Sink, sink};
 use crate::sys::{self, ChildPlan};
-
-/// Signals conjure does not forward: those only the kernel sends to a faulting thread, the
-/// ones that cannot be caught, and SIGCHLD, which is conjure's own business.
-const NOT_FORWARDED: [Signal; 10] = [
-    Signal::SIGFPE,
-    Signal::SIGILL,
-    Signal::SIGSEGV,
-    Signal::SIGBUS,
-    Signal::SIGABRT,
-    Signal::SIGTRAP,
-    Signal::SIGSYS,
-    Signal::SIGKILL,
-    Signal::SIGSTOP,
-    Signal::SIGCHLD,
-];
 
 /// The resident launch: everything [`Launcher`](crate::Launcher) prepared, and how to behave.
 pub(crate) struct Resident<'a> {
     pub prepared: &'a mut Prepared,
     pub plan: ChildPlan,
     pub armed: Armed,
-    /// With the notify sink and another source: the socket the program's sd_notify messages
-    /// come to, to be relayed.
-    pub relay_host: Option<notify::NotifyHost>,
+    /// The program's `NOTIFY_SOCKET`, hosted by conjure.
+    pub host: Option<NotifyHost>,
     pub sink: Sink,
     pub timeout: Option<Duration>,
     pub kill_after: Duration,
     pub signal_group: bool,
-    pub program: &'a std::path::Path,
+    /// Signals forwarded as others: `(received, sent)`.
+    pub rewrite: &'a [(i32, i32)],
+    pub program: &'a Path,
 }
 
 impl Resident<'_> {
     /// Starts the program as conjure's child, waits for readiness, reports it, supervises the
-    /// program until it and its descendants are gone, and says how it ended.
-    pub(crate) fn run(mut self) -> Result<Outcome, DaemonizeError> {
+    /// program until it ends, stops what is left of its tree, and says how it ended.
+    pub(crate) fn run(self) -> Result<Outcome, DaemonizeError> {
+        let Resident { prepared, mut plan, mut armed, host, sink, timeout, kill_after, signal_group, rewrite, program } =
+            self;
         let pid1 = std::process::id() == 1;
-        if !pid1 {
-            nix::sys::prctl::set_child_subreaper(true)
-                .map_err(|e| DaemonizeError::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
-        }
-        let mut mask = SigSet::all();
-        for s in [Signal::SIGFPE, Signal::SIGILL, Signal::SIGSEGV, Signal::SIGBUS, Signal::SIGTRAP, Signal::SIGSYS] {
-            mask.remove(s);
-        }
-        mask.thread_block().map_err(|e| DaemonizeError::sys("pthread_sigmask", e))?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(|e| DaemonizeError::sys("signalfd", e))?;
-
-        let (read_end, write_end) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
-        self.plan.report = std::os::fd::AsRawFd::as_raw_fd(&write_end);
-        self.plan.new_pgrp = self.signal_group;
-        self.plan.seal();
-        tracing::debug!("starting the program as conjure's child (resident)");
-        let spawned = sys::spawn(&mut self.plan, false)?;
+        let _subreaper = if pid1 { None } else { Some(Subreaper::set().map_err(|e| prepared.abandon(e))?) };
+        // Every signal, taken over before the fork so that none is lost before the loop reads it.
+        let signals = Signals::all().map_err(|e| prepared.abandon(e))?;
+        let terminal = Terminal::foreground();
+        let (read_end, write_end) = report_pipe().map_err(|e| prepared.abandon(e))?;
+        plan.report = write_end.as_raw_fd();
+        plan.new_pgrp = signal_group || terminal.is_some();
+        plan.tty = terminal.as_ref().map_or(-1, |t| t.fd.as_raw_fd());
+        plan.seal();
+        tracing::debug!(terminal = terminal.is_some(), "starting the program as conjure's child (resident)");
+        let spawned = sys::spawn(&mut plan, false).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
-        self.armed.forked();
+        armed.forked();
         let pid = spawned.child;
-        let target = if self.signal_group { -pid } else { pid };
-
-        let relay = self.sink == Sink::Notify;
-        let mut waiter = Waiter::new(Some(pid), Some(read_end), self.timeout)?;
-        let mut forward = || forward_pending(&signals, target);
-        let waited = waiter.wait(
-            &mut self.armed,
-            |Progress::Notify(bytes)| {
-                if relay {
-                    relay_to_supervisor(bytes, false);
-                }
-            },
-            Some((signals.as_fd(), &mut forward)),
-        );
-        Waiter::disarm(&mut self.armed);
-        if let Err(why) = waited {
-            waiter.stop(self.kill_after);
-            self.prepared.remove_pidfile();
-            return Err(crate::daemon::launcher::not_ready_error(why, self.prepared, self.program, self.timeout));
+        if plan.new_pgrp {
+            // The child does the same; doing it here too means no signal for the group can
+            // arrive before the group exists.
+            let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
         }
-        tracing::debug!(pid, "program ready");
-        if let Err(e) = self.prepared.publish_pidfile() {
-            waiter.stop(self.kill_after);
-            self.prepared.remove_pidfile();
-            return Err(e);
-        }
-        // Relayed status lines already reached the supervisor; others ride along with READY=1.
-        sink::ready(self.sink, None, if relay { None } else { waiter.status.as_deref() })?;
-        let notify_host = match &self.armed {
-            Armed::Notify(host) => Some(host),
-            _ => self.relay_host.as_ref(),
+        let process = match Process::child(pid, plan.new_pgrp.then_some(pid), true) {
+            Ok(p) => p,
+            Err(source) => {
+                let _ = sys::kill_raw(pid, libc::SIGKILL);
+                return Err(prepared.abandon(DaemonizeError::SystemError { call: "pidfd_open", source }));
+            }
         };
-        let ended = supervise(pid, target, &signals, notify_host, relay, waiter.reaped);
-        self.prepared.remove_pidfile();
-        Ok(ended)
+        let exec_source = matches!(armed, Armed::Exec);
+        let mut watch = Watch::new(process, Some(read_end));
+        watch.source(armed, timeout).signals(signals).stops(terminal.is_some());
+        let relay = sink == Sink::Notify;
+        if let Some(host) = host {
+            watch.notify(host);
+        }
+        let mut forwarder = Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal };
+
+        let started = until_ready(&mut watch, exec_source, prepared, program, |watch, event| {
+            forwarder.other(watch, event, relay, false);
+            Ok(())
+        })
+        .and_then(|()| {
+            watch.disarm();
+            tracing::debug!(pid, "program ready");
+            prepared.publish_pidfile()?;
+            // Relayed status lines already reached the supervisor; others ride along with READY=1.
+            sink::ready(sink, None, if relay { None } else { watch.status.as_deref() })
+        });
+        if let Err(e) = started {
+            forwarder.release_terminal();
+            return Err(abort(&mut watch.process, prepared, kill_after, e));
+        }
+
+        let status = loop {
+            match watch.next() {
+                Ok(Event::Ended(status)) => break status,
+                Ok(event) => forwarder.other(&mut watch, event, relay, true),
+                Err(e) => {
+                    forwarder.release_terminal();
+                    return Err(abort(&mut watch.process, prepared, kill_after, e));
+                }
+            }
+        };
+        tracing::debug!(pid, ?status, "program ended");
+        // What the program said last must not be lost with it.
+        if relay {
+            for bytes in watch.drain_notify() {
+                relay_to_supervisor(&bytes, true);
+            }
+        }
+        let left = watch.process.members();
+        if !left.is_empty() {
+            tracing::debug!(left = left.len(), "stopping what is left of the program's tree");
+            watch.process.terminate(libc::SIGTERM, kill_after);
+        }
+        forwarder.release_terminal();
+        watch.discard_signals();
+        prepared.remove_pidfile();
+        Ok(match status {
+            Some(s) => match (crate::process::exit_code(s), crate::process::signal(s)) {
+                (Some(code), _) => Outcome::Exited(code),
+                (None, Some(sig)) => Outcome::Killed(sig),
+                _ => Outcome::Exited(1),
+            },
+            None => Outcome::Exited(1),
+        })
     }
 }
 
-/// Forwards every queued signal but SIGCHLD to `target` (a pid, or minus a process group).
-fn forward_pending(signals: &SignalFd, target: i32) {
-    while let Ok(Some(info)) = signals.read_signal() {
-        let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
-        if NOT_FORWARDED.contains(&sig) {
-            continue;
+/// What resident conjure does with a signal, a stop or a datagram.
+struct Forwarder<'a> {
+    signal_group: bool,
+    rewrite: &'a [(i32, i32)],
+    terminal: Option<Terminal>,
+}
+
+impl Forwarder<'_> {
+    fn other(&mut self, watch: &mut Watch, event: Event, relay: bool, ready: bool) {
+        match event {
+            Event::Signal(r) => self.forward(watch, r),
+            Event::Stopped(sig) => self.stopped(watch, sig),
+            Event::Notify(bytes) if relay => relay_to_supervisor(&bytes, ready),
+            _ => {}
         }
-        tracing::debug!(signal = %sig, target, "forwarding");
-        let _ = nix::sys::signal::kill(Pid::from_raw(target), sig);
+    }
+
+    /// Forwards a signal conjure received to the program (or its group), rewritten if asked.
+    fn forward(&mut self, watch: &Watch, r: Received) {
+        if self_inflicted(&r) {
+            tracing::debug!(signal = r.signo, "not forwarding a signal conjure caused itself");
+            return;
+        }
+        let signal = self.rewrite.iter().find(|(from, _)| *from == r.signo).map_or(r.signo, |(_, to)| *to);
+        if signal == libc::SIGCONT {
+            // `fg` (or `bg`): hand the terminal back to the program if conjure is in front.
+            if let Some(t) = &self.terminal {
+                t.give_if_ours(watch.process.group());
+            }
+        }
+        tracing::debug!(received = r.signo, signal, pid = watch.process.pid(), "forwarding");
+        let sent = if self.signal_group { watch.process.signal_group(signal) } else { watch.process.signal(signal) };
+        if let Err(e) = sent {
+            tracing::debug!(signal, error = %e, "cannot forward");
+        }
+        if self.terminal.is_some() && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+            self.stop_with_the_program();
+        }
+    }
+
+    /// The program was stopped: on a terminal (job control), conjure stops too, so that its
+    /// shell sees the job stopped and gets its prompt back.
+    fn stopped(&mut self, watch: &Watch, sig: i32) {
+        tracing::debug!(pid = watch.process.pid(), sig, "program stopped");
+        if self.terminal.is_some() {
+            self.stop_with_the_program();
+        }
+    }
+
+    fn stop_with_the_program(&mut self) {
+        if let Some(t) = &self.terminal {
+            t.take_back();
+        }
+        tracing::debug!("stopping with the program (job control)");
+        if let Err(e) = sys::stop_self() {
+            tracing::debug!(error = %e, "cannot stop");
+        }
+        // Continued: the SIGCONT that did it is in the signalfd, and forwarding it resumes the
+        // program.
+    }
+
+    /// The terminal goes back to conjure's own process group, as the shell left it.
+    fn release_terminal(&mut self) {
+        if let Some(t) = self.terminal.take() {
+            t.take_back();
+        }
     }
 }
 
-/// The supervision loop after readiness. Returns how the program ended, once it and every
-/// descendant left to conjure are gone.
-fn supervise(
-    pid: i32,
-    target: i32,
-    signals: &SignalFd,
-    notify_host: Option<&notify::NotifyHost>,
-    relay: bool,
-    already: Option<crate::process::WaitStatus>,
-) -> Outcome {
-    let mut ended = already;
-    loop {
-        // Zombies that died while conjure waited for readiness sent their SIGCHLD then.
-        let (program, none_left) = reap_all(pid);
-        if ended.is_none() {
-            if let Some(status) = program {
-                tracing::debug!(pid, status = %crate::readiness::wait::describe_status(status), "program ended");
-                ended = Some(status);
-            }
-        }
-        if none_left {
-            break;
-        }
-        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if let Some(host) = notify_host {
-            fds.push(PollFd::new(host.as_fd(), PollFlags::POLLIN));
-        }
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "poll failed while supervising");
-                break;
-            }
-        }
-        let notify_ready = fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
-        drop(fds);
-        if notify_ready {
-            if let Some(host) = notify_host {
-                while let Ok(Some(d)) = host.recv() {
-                    let ours = d.pid.is_some_and(|p| notify::is_descendant(p, pid));
-                    if relay && ours {
-                        relay_to_supervisor(&d.bytes, true);
-                    }
-                }
-            }
-        }
-        if ended.is_none() {
-            forward_pending(signals, target);
-        } else {
-            // The program is gone; what remains are its orphans. A stop request is theirs now.
-            while let Ok(Some(info)) = signals.read_signal() {
-                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
-                if !NOT_FORWARDED.contains(&sig) {
-                    for child in children_of(std::process::id() as i32) {
-                        let _ = nix::sys::signal::kill(Pid::from_raw(child), sig);
-                    }
-                }
+/// conjure's controlling terminal, when it is in the terminal's foreground process group.
+struct Terminal {
+    fd: OwnedFd,
+    own: Pid,
+}
+
+impl Terminal {
+    /// The controlling terminal, if conjure has one and is in front on it (a job started in the
+    /// background with `&` must not take the terminal from its shell).
+    fn foreground() -> Option<Terminal> {
+        let fd: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open("/dev/tty")
+            .ok()?
+            .into();
+        let own = nix::unistd::getpgrp();
+        (nix::unistd::tcgetpgrp(fd.as_fd()).ok()? == own).then_some(Terminal { fd, own })
+    }
+
+    /// Makes `group` the foreground group, if conjure's own group is in front now.
+    fn give_if_ours(&self, group: Option<i32>) {
+        if let Some(g) = group {
+            if nix::unistd::tcgetpgrp(self.fd.as_fd()).ok() == Some(self.own) {
+                let _ = nix::unistd::tcsetpgrp(self.fd.as_fd(), Pid::from_raw(g));
             }
         }
     }
-    match ended {
-        Some(status) => match (crate::process::exit_code(status), crate::process::signal(status)) {
-            (Some(code), _) => Outcome::Exited(code),
-            (None, Some(sig)) => Outcome::Killed(sig),
-            _ => Outcome::Exited(1),
-        },
-        None => Outcome::Exited(1),
+
+    /// Makes conjure's own group the foreground group again (SIGTTOU is blocked: no stop).
+    fn take_back(&self) {
+        let _ = nix::unistd::tcsetpgrp(self.fd.as_fd(), self.own);
     }
 }
 
@@ -222,13 +270,4 @@ fn relay_to_supervisor(bytes: &[u8], after_ready: bool) {
     if let Err(e) = notify::send_to(&address, &message) {
         tracing::debug!(error = %e, "cannot relay a notify message");
     }
-}
-
-/// Direct children of `pid`, from `/proc`.
-fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| notify::parent_of(*p) == Some(pid))
-        .collect()
 }

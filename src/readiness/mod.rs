@@ -17,7 +17,7 @@
 pub(crate) mod notify;
 pub(crate) mod probe;
 pub(crate) mod sink;
-pub(crate) mod wait;
+pub(crate) mod source;
 
 use std::fmt;
 use std::os::fd::RawFd;

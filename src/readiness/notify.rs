@@ -5,7 +5,7 @@
 //! no permissions that a program running under `-u` would lack. Anyone in the network
 //! namespace can send to it, so every datagram is checked: the kernel stamps each one with the
 //! sender's credentials (`SO_PASSCRED`), and only the program or one of its descendants
-//! counts. A sender that exited before its datagram was read cannot be placed in the tree and
+//! counts (the event loop, which knows the program, decides). A sender that exited before its datagram was read cannot be placed in the tree and
 //! is ignored, as systemd ignores it for `NotifyAccess=main`.
 //!
 //! Datagrams come from programs conjure does not control: any size, any bytes. Parsing never
@@ -144,26 +144,6 @@ impl AsFd for NotifyHost {
     }
 }
 
-/// Whether `pid` is `ancestor` or one of its descendants, by walking parents in `/proc`.
-pub(crate) fn is_descendant(pid: i32, ancestor: i32) -> bool {
-    let mut p = pid;
-    for _ in 0..4096 {
-        if p == ancestor {
-            return true;
-        }
-        match parent_of(p) {
-            Some(pp) if pp > 1 && pp != p => p = pp,
-            _ => return false,
-        }
-    }
-    false
-}
-
-/// The parent pid from `/proc/PID/stat` (the field after the parenthesised command name).
-pub(crate) fn parent_of(pid: i32) -> Option<i32> {
-    crate::process::proc_state_and_parent(pid).map(|(_, ppid)| ppid)
-}
-
 /// The supervisor's socket from `NOTIFY_SOCKET`, if set: a path, or `@name` in the abstract
 /// namespace.
 pub(crate) fn supervisor_address() -> Option<OsString> {
@@ -238,14 +218,5 @@ mod tests {
         assert!(m.ready);
         assert_eq!(m.status.as_deref(), Some("hi"));
         assert!(host.recv().unwrap().is_none());
-    }
-
-    #[test]
-    fn descendants_are_found_through_proc() {
-        let me = std::process::id() as i32;
-        assert!(is_descendant(me, me));
-        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw()));
-        assert!(!is_descendant(me, i32::MAX));
-        assert!(!is_descendant(1, me));
     }
 }

@@ -29,14 +29,29 @@ pub(crate) enum Stage {
     CloseFds = 10,
     Exec = 11,
     Fds = 12,
+    ProcessGroup = 13,
 }
 
 impl Stage {
     pub(crate) fn from_u8(b: u8) -> Option<Stage> {
         use Stage::*;
-        [Setsid, Fork, Chdir, Stdio, Pidfile, Setgroups, Setgid, Setuid, RegainedRoot, CloseFds, Exec, Fds]
-            .into_iter()
-            .find(|s| *s as u8 == b)
+        [
+            Setsid,
+            Fork,
+            Chdir,
+            Stdio,
+            Pidfile,
+            Setgroups,
+            Setgid,
+            Setuid,
+            RegainedRoot,
+            CloseFds,
+            Exec,
+            Fds,
+            ProcessGroup,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
     }
 }
 
@@ -104,8 +119,10 @@ impl ExecPlan {
 pub(crate) struct ChildPlan {
     /// Write end of the report pipe (close-on-exec), or -1.
     pub report: RawFd,
-    pub umask: libc::mode_t,
-    pub chdir: CString,
+    /// The umask to set, or none to keep the caller's (foreground).
+    pub umask: Option<libc::mode_t>,
+    /// The directory to change to, or none to keep the caller's (foreground).
+    pub chdir: Option<CString>,
     /// For each of fds 0, 1, 2: the fd to put in its place, or -1 to leave it.
     pub stdio: [RawFd; 3],
     /// The locked pidfile fd the child writes its pid into, or -1.
@@ -117,8 +134,10 @@ pub(crate) struct ChildPlan {
     /// Sorted fds above 2 that survive the close (includes `inherit`, `report`, targets of `moves`).
     pub keep: Vec<RawFd>,
     pub close_fds: bool,
-    /// Put the program in a process group of its own (`--signal-group`).
+    /// Put the program in a process group of its own (`--signal-group`, a terminal).
     pub new_pgrp: bool,
+    /// With `new_pgrp`: the controlling terminal, whose foreground group the program's becomes.
+    pub tty: RawFd,
     pub ids: Option<Ids>,
     pub exec: Option<ExecPlan>,
     /// `SIGRTMAX`, read before the fork.
@@ -320,15 +339,25 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
     if send_pid && plan.report >= 0 {
         report_pid(plan.report, pid).map_err(|errno| Failure { stage: Stage::Fds, errno })?;
     }
-    reset_signals(plan.sigmax);
     if plan.new_pgrp {
         // SAFETY: setpgid on ourselves.
-        check(unsafe { libc::setpgid(0, 0) }, Stage::Fds)?;
+        check(unsafe { libc::setpgid(0, 0) }, Stage::ProcessGroup)?;
+        if plan.tty >= 0 {
+            // Every signal is still blocked (the launcher blocked them across the fork), so
+            // taking the terminal from the background cannot stop us with SIGTTOU.
+            // SAFETY: tcsetpgrp on an fd prepared before the fork, with our own pid.
+            check(unsafe { libc::tcsetpgrp(plan.tty, pid) }, Stage::ProcessGroup)?;
+        }
     }
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(plan.umask) };
-    // SAFETY: chdir reads a NUL-terminated path.
-    check(unsafe { libc::chdir(plan.chdir.as_ptr()) }, Stage::Chdir)?;
+    reset_signals(plan.sigmax);
+    if let Some(mask) = plan.umask {
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(mask) };
+    }
+    if let Some(dir) = &plan.chdir {
+        // SAFETY: chdir reads a NUL-terminated path.
+        check(unsafe { libc::chdir(dir.as_ptr()) }, Stage::Chdir)?;
+    }
     for (target, &from) in plan.stdio.iter().enumerate() {
         if from >= 0 && from != target as RawFd {
             // SAFETY: dup2 on fd numbers.

@@ -159,7 +159,8 @@ pub(crate) struct Spawned {
 /// is written to the report pipe. Safe to call from a multi-threaded process: the child runs
 /// only async-signal-safe code.
 pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, DaemonizeError> {
-    let guard = SignalsBlocked::new()?;
+    let guard =
+        MaskGuard::block_all().map_err(|source| DaemonizeError::SystemError { call: "pthread_sigmask", source })?;
     // SAFETY: the child below runs only async-signal-safe code (setup, exec, write, _exit).
     match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
         Fork::Parent(child) => {
@@ -194,7 +195,8 @@ pub(crate) enum Side {
 /// The double fork of the library's `daemonize`: like [`spawn`], but the daemon returns to the
 /// caller instead of exec'ing. Setup failures in the daemon are reported and end it.
 pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Result<Side, DaemonizeError> {
-    let guard = SignalsBlocked::new()?;
+    let guard =
+        MaskGuard::block_all().map_err(|source| DaemonizeError::SystemError { call: "pthread_sigmask", source })?;
     // SAFETY: the process is single-threaded (the token proves it), so the daemon may run
     // ordinary code after setup; until then it runs only async-signal-safe code anyway.
     match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
@@ -206,7 +208,7 @@ pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Res
             second_fork(plan);
             set_up_or_die(plan);
             // The guard's saved mask is the launcher's; setup already cleared the daemon's.
-            std::mem::forget(guard);
+            guard.forget();
             Ok(Side::Daemon)
         }
     }

@@ -37,3 +37,10 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
     };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
+
+/// `kill(2)` with a raw signal number (nix's `kill` takes only the classic signals, not the
+/// real-time ones). `pid` may be negative: a process group.
+pub(crate) fn kill_raw(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::kill(pid, signal) } == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}

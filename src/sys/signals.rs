@@ -6,9 +6,7 @@
 use std::ffi::CString;
 use std::io;
 
-use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-
-use crate::error::DaemonizeError;
+use nix::sys::signal::SigSet;
 
 /// Puts every signal disposition back to default (real-time ones too) and clears the mask.
 pub(super) fn reset_signals(sigmax: libc::c_int) {
@@ -92,43 +90,125 @@ fn unignore_reserved(sig: libc::c_int) {
     )))]
     let _ = sig;
 }
-/// Blocks every signal in the calling thread, so that no handler of the parent runs in the
-/// child before it resets dispositions, and restores the mask when dropped.
-pub(super) struct SignalsBlocked(SigSet);
+/// A signal mask of the calling thread that is put back when dropped.
+///
+/// nix's `pthread_sigmask` reports success whatever happens (the call returns an error number,
+/// not -1), so a mask that was never set would go unnoticed and a TERM meant to be forwarded
+/// would kill conjure instead. This checks the result itself.
+#[derive(Debug)]
+pub(crate) struct MaskGuard {
+    old: libc::sigset_t,
+}
 
-impl SignalsBlocked {
-    pub(super) fn new() -> Result<Self, DaemonizeError> {
-        let mut old = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old))
-            .map_err(|e| DaemonizeError::sys("pthread_sigmask", e))?;
-        Ok(SignalsBlocked(old))
+impl MaskGuard {
+    /// Blocks `set` (in addition to what is blocked) in the calling thread.
+    pub(crate) fn block(set: &SigSet) -> io::Result<MaskGuard> {
+        Self::apply(libc::SIG_BLOCK, set)
+    }
+
+    /// Blocks every signal in the calling thread, so that no handler of the parent runs in a
+    /// child before it resets dispositions.
+    pub(crate) fn block_all() -> io::Result<MaskGuard> {
+        Self::apply(libc::SIG_SETMASK, &SigSet::all())
+    }
+
+    fn apply(how: libc::c_int, set: &SigSet) -> io::Result<MaskGuard> {
+        // SAFETY: an all-zero sigset_t is a valid (empty) set; it is filled by the call below.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to a set and an out-set; pthread_sigmask returns an error number.
+        let r = unsafe { libc::pthread_sigmask(how, set.as_ref(), &mut old) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(MaskGuard { old })
+    }
+
+    /// Keeps the current mask for good (a forked child that resets its own mask).
+    pub(crate) fn forget(self) {
+        std::mem::forget(self);
     }
 }
 
-impl Drop for SignalsBlocked {
+impl Drop for MaskGuard {
     fn drop(&mut self) {
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+        // SAFETY: restores a mask read from the kernel by `apply`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }
 
-/// Sets the disposition of `signal` to default, unblocks it and raises it: a resident conjure
-/// dies of the signal its program died of, so its own parent sees the same death.
-pub(crate) fn die_of(signal: i32) -> io::Result<()> {
-    // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
-    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
-    dfl.sa_sigaction = libc::SIG_DFL;
-    // SAFETY: valid pointers; no old action asked for.
-    if unsafe { libc::sigaction(signal, &dfl, std::ptr::null_mut()) } == -1 {
+/// Makes sure children are waitable: a SIGCHLD disposition inherited as `SIG_IGN` (or with
+/// `SA_NOCLDWAIT`) makes the kernel reap children itself, and their statuses are lost. A
+/// handler installed by the caller (library users) is left alone.
+pub(crate) fn make_children_waitable() -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is a valid out-value.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the current action into a valid out-pointer.
+    if unsafe { libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut old) } == -1 {
         return Err(io::Error::last_os_error());
     }
-    let mut set = SigSet::empty();
-    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
-        set.add(sig);
+    if old.sa_sigaction != libc::SIG_IGN && old.sa_flags & libc::SA_NOCLDWAIT == 0 {
+        return Ok(());
     }
-    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)?;
-    nix::sys::signal::raise(nix::sys::signal::Signal::try_from(signal)?)?;
+    // SAFETY: as above.
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: installs SIG_DFL from a valid sigaction.
+    if unsafe { libc::sigaction(libc::SIGCHLD, &dfl, std::ptr::null_mut()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
+
+/// Dies of `signal` the way a process killed by it would, so that the parent sees the same
+/// death: the disposition goes back to default, the signal is unblocked and raised. No core of
+/// conjure is ever dumped (the program's core, if any, is the one that matters): the process
+/// is made non-dumpable and its core limit zero first. SIGKILL, which has no disposition, is
+/// sent to ourselves. Returns only if the signal does not kill (SIGCHLD, a stop signal), or on
+/// error.
+pub(crate) fn die_of(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments; setrlimit with a valid struct.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+    }
+    if signal != libc::SIGKILL {
+        // SAFETY: an all-zero sigaction is SIG_DFL with an empty mask.
+        let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+        dfl.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: valid pointers; no old action asked for.
+        if unsafe { libc::sigaction(signal, &dfl, std::ptr::null_mut()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a set holding only `signal`, built on the stack.
+        let r = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+        };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    // SAFETY: a signal to this very thread; tgkill cannot reach another process.
+    if unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), signal) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Stops the calling process (SIGSTOP), as a shell's job would stop: what resident conjure
+/// does when its program was stopped from the terminal, so that the shell gets its prompt back.
+/// Returns once the process is continued.
+pub(crate) fn stop_self() -> io::Result<()> {
+    // SAFETY: kill with our own pid and a constant signal.
+    if unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Registers, through signal-hook, a handler for `signal` that unlinks `path` and then lets the
 /// signal do what its default disposition does (for TERM, INT and HUP: end the process).
 pub(crate) fn register_pidfile_cleanup(signal: i32, path: &std::path::Path) -> io::Result<signal_hook::SigId> {

@@ -12,6 +12,9 @@ use nix::unistd::Pid;
 
 pub use crate::sys::{Fork, fork};
 
+mod tree;
+pub(crate) use tree::{KILL_WAIT, Process, State, stat, timeout_until};
+
 /// A raw wait status, as `waitpid(2)` reports it; inspect it with [`exited`], [`exit_code`],
 /// [`signaled`] and [`signal`].
 pub type WaitStatus = i32;
@@ -26,16 +29,6 @@ fn raw_waitpid(pid: i32, flags: WaitPidFlag) -> io::Result<Option<WaitStatus>> {
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// `/proc/PID/stat`'s state letter and parent pid, read after the last `)` since the command
-/// name may hold spaces and parentheses. `None` when the process is gone.
-pub(crate) fn proc_state_and_parent(pid: i32) -> Option<(char, i32)> {
-    let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = stat.iter().rposition(|b| *b == b')')?;
-    let mut rest = std::str::from_utf8(&stat[close + 1..]).ok()?.split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    Some((state, rest.next()?.parse().ok()?))
 }
 
 /// Waits for child `pid` to change state and returns its raw status; retries on EINTR.
@@ -134,4 +127,32 @@ pub fn daemon(nochdir: bool, noclose: bool) -> io::Result<Fork> {
 /// example SIGCHLD), or on error. What a resident `conjure` does when its program was killed.
 pub fn die_of(signal: i32) -> io::Result<()> {
     crate::sys::die_of(signal)
+}
+
+/// Parses a signal as operators write it: a number (`15`), a name with or without `SIG` in any
+/// case (`TERM`, `sigterm`), or a real-time signal (`RTMIN`, `RTMIN+3`, `RTMAX-1`).
+///
+/// ```
+/// assert_eq!(conjure::process::parse_signal("TERM"), Ok(libc::SIGTERM));
+/// assert_eq!(conjure::process::parse_signal("sigquit"), Ok(libc::SIGQUIT));
+/// assert_eq!(conjure::process::parse_signal("RTMIN+3"), Ok(libc::SIGRTMIN() + 3));
+/// assert!(conjure::process::parse_signal("KILLL").is_err());
+/// ```
+pub fn parse_signal(text: &str) -> Result<i32, String> {
+    let bad = || format!("invalid signal `{text}`: expected a name like TERM, a number, or RTMIN+N");
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if let Ok(n) = text.parse::<i32>() {
+        return (1..=max).contains(&n).then_some(n).ok_or_else(bad);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let offset = |rest: &str| -> Option<i32> { if rest.is_empty() { Some(0) } else { rest.parse::<i32>().ok() } };
+    let rt = if let Some(rest) = name.strip_prefix("RTMIN") {
+        offset(rest.strip_prefix('+').unwrap_or(rest)).map(|n| min + n)
+    } else if let Some(rest) = name.strip_prefix("RTMAX") {
+        offset(rest.strip_prefix('-').unwrap_or(rest)).map(|n| max - n)
+    } else {
+        return format!("SIG{name}").parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| bad());
+    };
+    rt.filter(|n| (min..=max).contains(n)).ok_or_else(bad)
 }

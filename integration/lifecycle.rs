@@ -1,0 +1,326 @@
+//! The lifecycle of a started program: nothing outlives a start that failed or was
+//! interrupted, and resident conjure (and conjure as PID 1) behaves like tini: it forwards
+//! every signal, ends the way the program ended, and stops what the program left behind.
+//!
+//! The program is usually `testprog tree FILE N`: it forks N children that sleep, writes every
+//! pid of its tree to FILE, and then sleeps (or exits, orphaning the children). The pids are
+//! checked alive before the event under test and gone after it. Signals are observed with
+//! `testprog record-signals FILE`, which writes each signal it receives as a line.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// The pids `testprog tree` wrote: the program first, then its children.
+fn tree_pids(file: &Path) -> Vec<i32> {
+    let text = wait_for_file(file);
+    let list = text.trim().strip_prefix("pids ").unwrap_or_else(|| panic!("no pids line in {text:?}"));
+    list.split(' ').map(|p| p.parse().expect("pid")).collect()
+}
+
+/// The signals `testprog record-signals` recorded so far (after its "ready" line).
+fn recorded(file: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines().filter(|l| *l != "ready").map(|l| l.parse().expect("signal number")).collect()
+}
+
+/// Waits until `testprog record-signals` has recorded `signal`.
+fn wait_recorded(file: &Path, signal: i32) {
+    wait_until(PATIENCE, &format!("signal {signal} to reach the program"), || {
+        recorded(file).contains(&signal).then_some(())
+    });
+}
+
+/// `conjure -f --supervise FLAGS -- testprog record-signals FILE`, once the program is ready
+/// to record: returns conjure running, and the program's pid.
+fn recording(s: &Scratch, flags: &[&str]) -> (Running, i32) {
+    let file = s.join("signals");
+    let mut c = TestCommand::conjure(["-f", "--supervise"]);
+    c.args(flags).args(argv!["--", testprog(), "record-signals", &file]);
+    let running = c.spawn();
+    wait_until(PATIENCE, "the program to be ready to record signals", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.starts_with("ready")).then_some(())
+    });
+    let program = children(running.pid()).first().copied().expect("the program is conjure's child");
+    (running, program)
+}
+
+#[test]
+fn interrupting_a_waiting_launcher_stops_the_program_and_its_tree_and_dies_of_the_signal() {
+    for (signal, name) in
+        [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP"), (libc::SIGQUIT, "SIGQUIT")]
+    {
+        let s = Scratch::new();
+        let pidfile = s.join("d.pid");
+        let file = s.join("tree");
+        let running = TestCommand::conjure(argv![
+            "-p",
+            &pidfile,
+            "--ready-on",
+            "tcp:127.0.0.1:1",
+            "--ready-timeout",
+            "60s",
+            "--",
+            testprog(),
+            "tree",
+            &file,
+            "2"
+        ])
+        .spawn();
+        let pids = tree_pids(&file);
+        assert_eq!(pids.len(), 3);
+        assert!(pids.iter().all(|p| Proc(*p).alive()), "the tree is not running before the signal");
+        assert!(lock_is_held(&pidfile), "the pidfile is not locked before the signal");
+        send_signal(running.pid(), signal);
+        let out = running.wait();
+        assert_eq!(out.status.signal(), Some(signal), "the launcher should die of {name}\n{out}");
+        assert!(!out.status.core_dumped(), "the launcher dumped core\n{out}");
+        let line = out.one_line_of_stderr();
+        assert_eq!(line, format!("conjure: interrupted by {name} before `testprog` was ready; stopped it"));
+        for p in pids {
+            wait_dead(p);
+        }
+        assert!(!pidfile.exists(), "pidfile left behind after {name}");
+        s.wait_no_process_left();
+    }
+}
+
+#[test]
+fn a_start_that_times_out_leaves_no_grandchild() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let file = s.join("tree");
+    let running = TestCommand::conjure(argv![
+        "-p",
+        &pidfile,
+        "--ready-on",
+        "tcp:127.0.0.1:1",
+        "--ready-timeout",
+        "1s",
+        "--",
+        testprog(),
+        "tree",
+        &file,
+        "2"
+    ])
+    .spawn();
+    let pids = tree_pids(&file);
+    assert!(pids.iter().all(|p| Proc(*p).alive()), "the tree is not running before the timeout");
+    let out = running.wait();
+    out.assert_code(75);
+    for p in pids {
+        wait_dead(p);
+    }
+    assert!(!pidfile.exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
+
+#[test]
+fn a_program_that_dies_before_it_is_ready_takes_its_orphans_with_it() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let file = s.join("tree");
+    let out = TestCommand::conjure(argv![
+        "-p",
+        &pidfile,
+        "--ready-on",
+        "tcp:127.0.0.1:1",
+        "--",
+        testprog(),
+        "tree",
+        &file,
+        "2",
+        "3"
+    ])
+    .expect_code(70);
+    assert!(out.one_line_of_stderr().contains("exited with status 3 before it was ready"), "{out}");
+    // The program forked two children and wrote their pids before it exited.
+    let pids = tree_pids(&file);
+    assert_eq!(pids.len(), 3);
+    for p in &pids[1..] {
+        wait_dead(*p);
+    }
+    assert!(!pidfile.exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
+
+#[test]
+fn a_failed_exec_under_a_session_leaves_nothing() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let missing = s.join("no-such-program");
+    let out = TestCommand::conjure(argv!["-p", &pidfile, "--ready-on", "tcp:127.0.0.1:1", "--", &missing]).run();
+    out.assert_code(66);
+    assert!(!pidfile.exists());
+    s.wait_no_process_left();
+}
+
+#[test]
+fn resident_conjure_exits_with_the_programs_status_at_once_and_stops_its_orphans() {
+    let s = Scratch::new();
+    let file = s.join("tree");
+    let started = Instant::now();
+    let out = TestCommand::conjure(argv![
+        "-f",
+        "--supervise",
+        "--kill-after",
+        "60s",
+        "-p",
+        s.join("d.pid"),
+        "--",
+        testprog(),
+        "tree",
+        &file,
+        "1",
+        "3"
+    ])
+    .run();
+    out.assert_code(3);
+    // TERM ended the orphan; a conjure that waited for it, or for the grace period, would
+    // still be waiting.
+    assert!(started.elapsed() < Duration::from_secs(30), "conjure took {:?} to exit", started.elapsed());
+    let pids = tree_pids(&file);
+    wait_dead(pids[1]);
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
+
+#[test]
+fn resident_conjure_kills_an_orphan_that_ignores_term_after_the_grace() {
+    let s = Scratch::new();
+    let marker = s.join("stubborn");
+    // The orphan ignores TERM; only KILL after --kill-after ends it.
+    let script = format!("{} ignore-term 600 {} & sleep 0.2; exit 5", testprog().display(), marker.display());
+    let out =
+        TestCommand::conjure(argv!["-f", "--supervise", "--kill-after", "500ms", "--", "sh", "-c", &script]).run();
+    out.assert_code(5);
+    s.wait_no_process_left();
+}
+
+#[test]
+fn as_pid1_conjure_exits_with_the_programs_status_at_once_and_stops_its_orphans() {
+    require_root!();
+    let s = Scratch::new();
+    let file = s.join("tree");
+    let started = Instant::now();
+    let running = as_pid1(&s, &["--kill-after", "60s"], argv![testprog(), "tree", &file, "1", "3"]);
+    let out = running.wait();
+    out.assert_code(3);
+    assert!(started.elapsed() < Duration::from_secs(30), "conjure took {:?} to exit", started.elapsed());
+    let pids = tree_pids(&file);
+    assert_eq!(pids.len(), 2);
+    s.wait_no_process_left();
+}
+
+#[test]
+fn real_time_signals_reach_the_program() {
+    let s = Scratch::new();
+    let (running, program) = recording(&s, &[]);
+    let rtmin3 = libc::SIGRTMIN() + 3;
+    assert!(!recorded(&s.join("signals")).contains(&rtmin3));
+    send_signal(running.pid(), rtmin3);
+    wait_recorded(&s.join("signals"), rtmin3);
+    send_signal(running.pid(), libc::SIGTERM);
+    running.wait().assert_code(0);
+    wait_dead(program);
+}
+
+#[test]
+fn fault_signals_sent_with_kill_reach_the_program_and_do_not_kill_conjure() {
+    let s = Scratch::new();
+    let (running, _program) = recording(&s, &[]);
+    for signal in [libc::SIGABRT, libc::SIGILL, libc::SIGTRAP, libc::SIGFPE, libc::SIGSYS, libc::SIGSEGV, libc::SIGBUS]
+    {
+        send_signal(running.pid(), signal);
+        wait_recorded(&s.join("signals"), signal);
+    }
+    assert!(Proc(running.pid()).alive(), "conjure died of a signal it should have forwarded");
+    send_signal(running.pid(), libc::SIGTERM);
+    running.wait().assert_code(0);
+}
+
+#[test]
+fn rewrite_forwards_one_signal_as_another() {
+    let s = Scratch::new();
+    let (running, _program) = recording(&s, &["--rewrite", "TERM:QUIT", "--rewrite", "USR1:RTMIN+2"]);
+    send_signal(running.pid(), libc::SIGTERM);
+    wait_recorded(&s.join("signals"), libc::SIGQUIT);
+    send_signal(running.pid(), libc::SIGUSR1);
+    wait_recorded(&s.join("signals"), libc::SIGRTMIN() + 2);
+    let seen = recorded(&s.join("signals"));
+    assert!(
+        !seen.contains(&libc::SIGTERM) && !seen.contains(&libc::SIGUSR1),
+        "the original signal came through: {seen:?}"
+    );
+    // The program exits on TERM only; HUP is not rewritten and stays HUP.
+    send_signal(running.pid(), libc::SIGHUP);
+    wait_recorded(&s.join("signals"), libc::SIGHUP);
+    running.kill();
+}
+
+#[test]
+fn bad_rewrites_are_usage_errors() {
+    for bad in ["TERM", "TERM:", "NOPE:QUIT", "TERM:RTMIN+999", "0:TERM"] {
+        let out = TestCommand::conjure(["-f", "--rewrite", bad, "--", "true"]).run();
+        out.assert_code(64);
+    }
+}
+
+#[test]
+fn term_still_reaches_the_program_under_verbose_with_stderr_closed() {
+    let s = Scratch::new();
+    let file = s.join("signals");
+    // stderr is a pipe whose read end is gone: every log line fails with EPIPE (and SIGPIPE).
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    drop(read_end);
+    let mut c = TestCommand::conjure(argv!["-v", "-f", "--supervise", "--", testprog(), "record-signals", &file]);
+    c.command().stderr(std::process::Stdio::from(write_end));
+    let mut child = c.command().spawn().expect("spawn conjure");
+    wait_until(PATIENCE, "the program to be ready to record signals", || {
+        std::fs::read_to_string(&file).is_ok_and(|t| t.starts_with("ready")).then_some(())
+    });
+    send_signal(child.id() as i32, libc::SIGTERM);
+    let status = wait_until(PATIENCE, "conjure to exit", || child.try_wait().expect("try_wait"));
+    assert_eq!(status.code(), Some(0), "conjure did not exit with the program's status: {status:?}");
+    let seen = recorded(&file);
+    assert_eq!(seen, vec![libc::SIGTERM], "the program got {seen:?}: conjure forwarded its own SIGPIPE?");
+}
+
+#[test]
+fn conjure_dies_of_the_programs_signal_without_a_core_of_its_own() {
+    let s = Scratch::new();
+    // Cores are possible here: a shell killed by SIGSEGV with an unlimited core size dumps one.
+    let mut probe = TestCommand::new("sh");
+    probe.args(["-c", "ulimit -c unlimited; kill -SEGV $$"]);
+    probe.command().current_dir(s.path());
+    let precondition = probe.run();
+    if !precondition.status.core_dumped() {
+        eprintln!("SKIPPED: {}: no core dumps on this machine", module_path!());
+        return;
+    }
+    let script =
+        format!("ulimit -c unlimited; exec {} -f --supervise -- sh -c 'kill -SEGV $$'", conjure_bin().display());
+    let mut c = TestCommand::new("sh");
+    c.args(["-c", &script]);
+    c.command().current_dir(s.path());
+    let out = c.run();
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{out}");
+    assert!(!out.status.core_dumped(), "conjure dumped a core of its own\n{out}");
+}
+
+#[test]
+fn conjure_dies_of_sigkill_when_its_program_did() {
+    let out = TestCommand::conjure(["-f", "--supervise", "--", "sh", "-c", "kill -KILL $$"]).run();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out}");
+}
+
+#[test]
+fn sigchld_inherited_as_ignored_does_not_keep_resident_conjure_from_the_programs_status() {
+    let s = Scratch::new();
+    let mut c = TestCommand::new(testprog());
+    c.args(argv!["wrap", "--ignore", "CHLD", "--", conjure_bin(), "-f", "--supervise", "-p", s.join("d.pid"), "--"]);
+    c.args(argv![testprog(), "exit", "6"]);
+    c.expect_code(6);
+}

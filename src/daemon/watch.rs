@@ -1,0 +1,500 @@
+//! The one event loop: every mode of conjure waits here, and nowhere else.
+//!
+//! A background launcher, a resident conjure and the library's original process wait for the
+//! same few things, and must learn of each the moment it happens: the child's report (its pid,
+//! the step that failed, end of file once it exec'd; a library daemon's "ready", error or
+//! status), the program's end (its pidfd, or SIGCHLD where conjure reaps), the readiness source
+//! (a pipe, inotify, a probe's timer), signals sent to conjure (a signalfd), and the program's
+//! sd_notify datagrams. [`Watch::next`] polls them all at once and hands out one [`Event`] at a
+//! time; the modes are thin callers that decide what each event means to them. Nothing sleeps,
+//! and a loop with nothing to wait for but events has no timeout: idle conjure makes no wakeups.
+//!
+//! Order matters when several things happen at once, and the queue keeps the order in which
+//! they are learnt within one wake-up: the report pipe first (an exec that failed must not read
+//! as a death, nor a death as readiness), then the source, notify datagrams, signals, and the
+//! program's end last.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::daemon::report::{Decoder, Record};
+use crate::error::DaemonizeError;
+use crate::process::{Process, State, WaitStatus, timeout_until};
+use crate::readiness::notify::{self, NotifyHost};
+use crate::readiness::source::{Armed, Probe};
+use crate::sys::{Failure, MaskGuard};
+
+/// Something that happened, for the caller to act on.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The child reported the program's pid.
+    Pid(i32),
+    /// The report pipe reached end of file: after an exec, the exec happened; from a library
+    /// daemon, it is gone or dropped its context.
+    Closed,
+    /// A step between fork and exec failed.
+    Failed(Failure),
+    /// A library daemon said it is ready.
+    DaemonReady,
+    /// A library daemon reported its own failure.
+    DaemonError { code: i32, message: String },
+    /// A library daemon's status line.
+    DaemonStatus(String),
+    /// The readiness source said ready (only ever after the exec).
+    Ready,
+    /// The program ended; its wait status when conjure could reap it.
+    Ended(Option<WaitStatus>),
+    /// The program was stopped by this signal (job control; only when asked for).
+    Stopped(i32),
+    /// A signal was sent to conjure.
+    Signal(Received),
+    /// A datagram from the program's tree on the hosted notify socket, as it came.
+    Notify(Vec<u8>),
+    /// The readiness timeout passed.
+    TimedOut,
+}
+
+/// A signal conjure received, with who sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Received {
+    pub signo: i32,
+    /// `si_code`: `SI_USER` (0) and other values ≤ 0 mean another process sent it.
+    pub code: i32,
+    /// The sender's pid, for signals another process sent.
+    pub pid: i32,
+}
+
+/// Signals delivered through a signalfd instead of their dispositions, while this lives.
+#[derive(Debug)]
+pub(crate) struct Signals {
+    fd: SignalFd,
+    _mask: MaskGuard,
+}
+
+impl Signals {
+    /// Takes over `set`: blocks it in the calling thread (checking that the mask really
+    /// changed) and reads it from a signalfd.
+    pub(crate) fn take(set: &SigSet) -> Result<Signals, DaemonizeError> {
+        Self::read_blocked(Self::block(set)?, set)
+    }
+
+    /// The first half of [`take`](Self::take), for a caller that forks in between and whose
+    /// child goes on running (the library's daemon): only the mask, which the child inherits
+    /// and clears, and no signalfd the child would inherit too.
+    pub(crate) fn block(set: &SigSet) -> Result<MaskGuard, DaemonizeError> {
+        MaskGuard::block(set).map_err(|source| DaemonizeError::SystemError { call: "pthread_sigmask", source })
+    }
+
+    /// The second half of [`take`](Self::take): reads the signals `mask` blocked.
+    pub(crate) fn read_blocked(mask: MaskGuard, set: &SigSet) -> Result<Signals, DaemonizeError> {
+        let fd = SignalFd::with_flags(set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| DaemonizeError::sys("signalfd", e))?;
+        Ok(Signals { fd, _mask: mask })
+    }
+
+    /// The signals that interrupt a start: INT, TERM, HUP, QUIT.
+    pub(crate) fn interrupts() -> Result<Signals, DaemonizeError> {
+        Self::take(&interrupt_set())
+    }
+
+    /// Every signal that can be caught, real-time ones and the fault signals included: a fault
+    /// signal the kernel raises for conjure's own fault is delivered whatever the mask, while
+    /// one that another process sent is forwarded like any other.
+    pub(crate) fn all() -> Result<Signals, DaemonizeError> {
+        Self::take(&SigSet::all())
+    }
+
+    fn read(&self) -> Option<Received> {
+        match self.fd.read_signal() {
+            Ok(Some(info)) => {
+                Some(Received { signo: info.ssi_signo as i32, code: info.ssi_code, pid: info.ssi_pid as i32 })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Signals that interrupt a start that is not ready yet.
+pub(crate) const INTERRUPTS: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+/// [`INTERRUPTS`] as a set.
+pub(crate) fn interrupt_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in INTERRUPTS {
+        set.add(s);
+    }
+    set
+}
+
+/// Whether `r` is one of the [`INTERRUPTS`].
+pub(crate) fn interrupts_start(r: &Received) -> bool {
+    INTERRUPTS.iter().any(|s| *s as i32 == r.signo)
+}
+
+/// The program being waited for, and everything that can wake the wait.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    /// The program and its tree.
+    pub process: Process,
+    report: Option<OwnedFd>,
+    decoder: Decoder,
+    /// The readiness source, until it said ready.
+    source: Option<Armed>,
+    notify_source: bool,
+    notify: Option<NotifyHost>,
+    signals: Option<Signals>,
+    /// Report job-control stops of the program.
+    stops: bool,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    next_probe: Option<Instant>,
+    probing: bool,
+    queue: VecDeque<Event>,
+    ended_reported: bool,
+    /// The last `STATUS=` the program sent.
+    pub status: Option<String>,
+    /// The last `ERRNO=` the program sent.
+    pub errno: Option<i32>,
+}
+
+impl Watch {
+    /// Watches `process`, with the read end of its report pipe, which must be non-blocking
+    /// (see [`report_pipe`](crate::daemon::launcher::report_pipe)).
+    pub(crate) fn new(process: Process, report: Option<OwnedFd>) -> Watch {
+        Watch {
+            process,
+            report,
+            decoder: Decoder::default(),
+            source: None,
+            notify_source: false,
+            notify: None,
+            signals: None,
+            stops: false,
+            deadline: None,
+            timeout: None,
+            next_probe: None,
+            probing: false,
+            queue: VecDeque::new(),
+            ended_reported: false,
+            status: None,
+            errno: None,
+        }
+    }
+
+    /// Waits for `source` once the program exec'd, for at most `timeout` from now (`None`:
+    /// forever; a timeout too large to represent is forever too).
+    pub(crate) fn source(&mut self, source: Armed, timeout: Option<Duration>) -> &mut Self {
+        self.notify_source = matches!(source, Armed::Notify);
+        self.source = Some(source);
+        self.timeout = timeout;
+        self.deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        self
+    }
+
+    /// Hosts `host` as the program's `NOTIFY_SOCKET`: datagrams from the program's tree become
+    /// [`Event::Notify`] (and `READY=1` readiness, with the notify source).
+    pub(crate) fn notify(&mut self, host: NotifyHost) -> &mut Self {
+        self.notify = Some(host);
+        self
+    }
+
+    /// Delivers these signals as [`Event::Signal`].
+    pub(crate) fn signals(&mut self, signals: Signals) -> &mut Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Reports the program's job-control stops as [`Event::Stopped`].
+    pub(crate) fn stops(&mut self, stops: bool) -> &mut Self {
+        self.stops = stops;
+        self
+    }
+
+    /// Whether the report pipe reached end of file (the exec happened).
+    pub(crate) fn exec_done(&self) -> bool {
+        self.report.is_none()
+    }
+
+    /// The readiness timeout, as extended by the program.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Stops watching the readiness source (it said ready, or the wait is over).
+    pub(crate) fn disarm(&mut self) {
+        if let Some(mut s) = self.source.take() {
+            s.disarm();
+        }
+        self.deadline = None;
+        self.next_probe = None;
+    }
+
+    /// The next event. Blocks until there is one.
+    pub(crate) fn next(&mut self) -> Result<Event, DaemonizeError> {
+        loop {
+            if let Some(e) = self.queue.pop_front() {
+                return Ok(e);
+            }
+            self.wait_once()?;
+        }
+    }
+
+    /// Reads and drops the signals that arrived since the loop last looked: the wait is over
+    /// (the program is ready, or ended), and a signal still pending when the caller's mask comes
+    /// back must not be delivered as if it had arrived now.
+    pub(crate) fn discard_signals(&mut self) {
+        if let Some(signals) = self.signals.as_ref() {
+            while let Some(r) = signals.read() {
+                tracing::debug!(signal = r.signo, "signal arrived after the wait; dropped");
+            }
+        }
+    }
+
+    /// Drains the hosted notify socket without waiting (the program is gone; what it said last
+    /// must not be lost).
+    pub(crate) fn drain_notify(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        self.read_notify();
+        while let Some(e) = self.queue.pop_front() {
+            if let Event::Notify(bytes) = e {
+                out.push(bytes);
+            }
+        }
+        out
+    }
+
+    /// One poll over everything; queues what it learnt.
+    fn wait_once(&mut self) -> Result<(), DaemonizeError> {
+        // Probing starts once the program exec'd, never on a pid alone.
+        if self.exec_done() && self.source.is_some() && !self.probing {
+            self.probing = true;
+            self.probe()?;
+            if !self.queue.is_empty() {
+                return Ok(());
+            }
+        }
+        let source_fd = if self.exec_done() { self.source.as_ref().and_then(Armed::fd) } else { None };
+        let mut fds = Vec::with_capacity(5);
+        let report_at = slot(self.report.as_ref().map(AsFd::as_fd), &mut fds);
+        let source_at = slot(source_fd, &mut fds);
+        let notify_at = slot(self.notify.as_ref().map(AsFd::as_fd), &mut fds);
+        let signals_at = slot(self.signals.as_ref().map(|s| s.fd.as_fd()), &mut fds);
+        let pidfd_at = slot(self.process.pidfd(), &mut fds);
+
+        let probe_at = self.next_probe.filter(|_| self.exec_done());
+        let mut wake = [self.deadline, probe_at].into_iter().flatten().min();
+        // Without a pidfd (kernels before 5.3) and without SIGCHLD, the program's end is
+        // noticed by looking every 100 ms.
+        if pidfd_at.is_none() && self.process.pid() > 0 && !self.watches_sigchld() {
+            let soon = Instant::now() + Duration::from_millis(100);
+            wake = Some(wake.map_or(soon, |w| w.min(soon)));
+        }
+        match poll(&mut fds, timeout_until(wake)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(DaemonizeError::sys("poll", e)),
+        }
+        let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty());
+        let (report, source, notify, signals, pidfd) =
+            (ready(report_at), ready(source_at), ready(notify_at), ready(signals_at), ready(pidfd_at));
+        drop(fds);
+
+        if report {
+            self.read_report()?;
+        }
+        if source && self.source.as_mut().map(Armed::readable).transpose()? == Some(true) {
+            self.queue.push_back(Event::Ready);
+        }
+        if probe_at.is_some_and(|t| Instant::now() >= t) {
+            self.probe()?;
+        }
+        if notify {
+            self.read_notify();
+        }
+        let mut child_changed = pidfd || (pidfd_at.is_none() && !self.watches_sigchld());
+        if signals {
+            child_changed |= self.read_signals();
+        }
+        if child_changed {
+            self.check_program()?;
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.deadline = None;
+            self.queue.push_back(Event::TimedOut);
+        }
+        Ok(())
+    }
+
+    fn watches_sigchld(&self) -> bool {
+        self.signals.is_some() && self.process.reaps_all()
+    }
+
+    /// Looks at the source now and schedules the next look.
+    fn probe(&mut self) -> Result<(), DaemonizeError> {
+        self.next_probe = None;
+        let Some(source) = self.source.as_mut() else { return Ok(()) };
+        match source.probe()? {
+            Probe::Ready => self.queue.push_back(Event::Ready),
+            Probe::Again(at) => self.next_probe = at,
+        }
+        Ok(())
+    }
+
+    /// Reads what the report pipe holds, without blocking.
+    fn read_report(&mut self) -> Result<(), DaemonizeError> {
+        let Some(fd) = self.report.as_ref() else { return Ok(()) };
+        let mut buf = [0u8; 512];
+        loop {
+            match nix::unistd::read(fd.as_fd(), &mut buf) {
+                Ok(0) => {
+                    tracing::debug!(pid = self.process.pid(), "report pipe closed");
+                    self.report = None;
+                    self.queue.push_back(Event::Closed);
+                    return Ok(());
+                }
+                Ok(n) => {
+                    self.decoder.feed(&buf[..n]);
+                    while let Some(record) = self.decoder.next().map_err(read_error)? {
+                        let event = match record {
+                            Record::Pid(p) => {
+                                self.process
+                                    .attach(p)
+                                    .map_err(|source| DaemonizeError::SystemError { call: "pidfd_open", source })?;
+                                Event::Pid(p)
+                            }
+                            Record::Failed(f) => Event::Failed(f),
+                            Record::Ready => Event::DaemonReady,
+                            Record::Error { code, message } => Event::DaemonError { code, message },
+                            Record::Status(s) => Event::DaemonStatus(s),
+                        };
+                        self.queue.push_back(event);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(read_error(e.into())),
+            }
+        }
+    }
+
+    /// Receives every queued datagram; keeps those from the program's tree.
+    fn read_notify(&mut self) {
+        let Some(host) = self.notify.as_ref() else { return };
+        loop {
+            let d = match host.recv() {
+                Ok(Some(d)) => d,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the notify socket");
+                    return;
+                }
+            };
+            let Some(sender) = d.pid else { continue };
+            if !self.owns(sender) {
+                tracing::debug!(
+                    sender,
+                    program = self.process.pid(),
+                    "ignoring a notify datagram from outside the program"
+                );
+                continue;
+            }
+            let m = notify::parse(&d.bytes);
+            if let Some(usec) = m.extend_timeout {
+                if let Some(deadline) = self.deadline {
+                    let new = Instant::now().checked_add(usec);
+                    self.deadline = new.map(|n| n.max(deadline));
+                    self.timeout = self.timeout.map(|t| t.max(usec));
+                }
+            }
+            if m.errno.is_some() {
+                self.errno = m.errno;
+            }
+            if let Some(s) = m.status {
+                self.status = Some(s);
+            }
+            self.queue.push_back(Event::Notify(d.bytes));
+            if m.ready && self.notify_source && self.source.is_some() {
+                self.queue.push_back(Event::Ready);
+            }
+        }
+    }
+
+    /// Whether `sender` belongs to the program: the program, a descendant, or (resident) an
+    /// orphan of its that conjure adopted.
+    fn owns(&self, sender: i32) -> bool {
+        let program = self.process.pid();
+        if program <= 0 {
+            return false;
+        }
+        let me = std::process::id() as i32;
+        let mut p = sender;
+        for _ in 0..4096 {
+            if p == program || (p != sender && p == me && self.process.reaps_all()) {
+                return true;
+            }
+            match crate::process::stat(p).map(|s| s.ppid) {
+                Some(pp) if pp > 0 && pp != p => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Reads every pending signal. SIGCHLD is conjure's own business (it says a child changed
+    /// state: returns `true`); the rest become events.
+    fn read_signals(&mut self) -> bool {
+        let Some(signals) = self.signals.as_ref() else { return false };
+        let mut child = false;
+        while let Some(r) = signals.read() {
+            if r.signo == libc::SIGCHLD {
+                child = true;
+            } else {
+                self.queue.push_back(Event::Signal(r));
+            }
+        }
+        child
+    }
+
+    /// Looks at the program after a hint that it changed: reaps, and queues its end or stop.
+    fn check_program(&mut self) -> Result<(), DaemonizeError> {
+        match self.process.state(self.stops) {
+            State::Running => {}
+            State::Stopped(sig) => self.queue.push_back(Event::Stopped(sig)),
+            State::Ended(status) => {
+                // Its end of the report pipe is closed by now (or held only by a child of a
+                // library daemon): what is left in it comes first.
+                self.read_report()?;
+                if !self.ended_reported {
+                    self.ended_reported = true;
+                    self.queue.push_back(Event::Ended(status));
+                }
+            }
+        }
+        // Resident conjure reaps every other child too (orphans it adopted).
+        self.process.reap_orphans();
+        Ok(())
+    }
+}
+
+/// Adds `fd` to the poll set, if there is one; returns its index.
+fn slot<'a>(fd: Option<BorrowedFd<'a>>, fds: &mut Vec<PollFd<'a>>) -> Option<usize> {
+    fd.map(|fd| {
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        fds.len() - 1
+    })
+}
+
+fn read_error(source: io::Error) -> DaemonizeError {
+    DaemonizeError::SystemError { call: "read from the report pipe", source }
+}
+
+/// Forwards nothing to itself: whether a signal conjure received came from conjure itself
+/// (a SIGPIPE from a write to a closed stderr, say), which must never reach the program.
+pub(crate) fn self_inflicted(r: &Received) -> bool {
+    r.code <= 0 && r.pid == std::process::id() as i32
+}

@@ -1,0 +1,414 @@
+//! [`Process`]: a program conjure started (or a daemon `stop` was asked to end), and the one way
+//! anything is stopped.
+//!
+//! Stopping only the main pid leaves half a service behind: `sh -c 'sleep 300 & exec server'`
+//! keeps `sleep`, and the pidfile lock it inherited, once `server` is gone. So a program is
+//! always stopped with its tree, found the way the kernel records it in `/proc`: every process
+//! that descends from it, every member of the session or process group conjure made for it,
+//! and, where conjure is their subreaper, the orphans it adopted. [`Process::terminate`] sends
+//! the first signal to all of them (and SIGCONT, so that a stopped one can act on it), waits for
+//! the grace period, then SIGKILLs whatever is left. Failed starts, interrupted starts,
+//! `conjure stop`, resident conjure and PID 1 all stop programs through it and nothing else.
+//!
+//! The program itself is signalled through its pidfd, so a recycled pid is never hit; other
+//! members by pid, read from `/proc` a moment before (the kernel never reuses a pid while it
+//! names a live session or group, and a member that died and was replaced in that moment would
+//! have to join the same tree to be signalled). Waiting polls the pidfds of at most a few
+//! members at a time, so no program can grow conjure's fd table by forking.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::process::WaitStatus;
+use crate::sys;
+
+/// How long processes may take to die after SIGKILL before conjure gives up on them.
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// At most this many members are waited for through pidfds at once.
+const WATCHED: usize = 8;
+
+/// The fields of `/proc/PID/stat` that place a process in a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stat {
+    pub pid: i32,
+    /// State letter: `R`, `S`, `T`, `Z`, …
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+}
+
+impl Stat {
+    /// Whether the process has exited (a zombie waiting to be reaped, or on its way out).
+    pub(crate) fn dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// `/proc/PID/stat`, read after the last `)` since the command name may hold spaces and
+/// parentheses. `None` when the process is gone.
+pub(crate) fn stat(pid: i32) -> Option<Stat> {
+    let bytes = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &bytes)
+}
+
+fn parse_stat(pid: i32, bytes: &[u8]) -> Option<Stat> {
+    let close = bytes.iter().rposition(|b| *b == b')')?;
+    let mut rest = std::str::from_utf8(&bytes[close + 1..]).ok()?.split_ascii_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let mut num = || rest.next()?.parse::<i32>().ok();
+    Some(Stat { pid, state, ppid: num()?, pgrp: num()?, session: num()? })
+}
+
+/// Every process in `/proc`, with its place in the tree.
+pub(crate) fn all() -> Vec<Stat> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
+}
+
+/// What became of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// It runs.
+    Running,
+    /// It was stopped by this signal (job control).
+    Stopped(i32),
+    /// It ended; its wait status when conjure could reap it (its parent or subreaper).
+    Ended(Option<WaitStatus>),
+}
+
+/// What [`Process::terminate`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Terminated {
+    /// Whether SIGKILL was needed.
+    pub killed: bool,
+    /// Members still alive when conjure gave up (0: the whole tree is gone).
+    pub survivors: usize,
+}
+
+/// A program and the tree of processes it leads.
+#[derive(Debug)]
+pub(crate) struct Process {
+    /// 0 until known (the double fork reports the grandchild's pid a moment later).
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    /// A session whose members are all the program's (the one `setsid` made for it).
+    session: Option<i32>,
+    /// A process group whose members are all the program's.
+    group: Option<i32>,
+    /// conjure's own children are the program's orphans (resident conjure, their subreaper),
+    /// and conjure reaps every child that exits.
+    adopts: bool,
+    ended: Option<Option<WaitStatus>>,
+}
+
+impl Process {
+    /// A program in the session a double fork made for it (the intermediate child's pid is its
+    /// id), whose own pid is learnt later with [`attach`](Self::attach). Until then the session
+    /// alone says which processes are its.
+    pub(crate) fn in_session(session: i32) -> Process {
+        Process { pid: 0, pidfd: None, session: Some(session), group: Some(session), adopts: false, ended: None }
+    }
+
+    /// conjure's own child `pid` (resident mode), leading process group `group` when it has one
+    /// of its own. With `adopts`, conjure is the subreaper of its orphans: every other child of
+    /// conjure belongs to the program's tree, and conjure reaps them all.
+    pub(crate) fn child(pid: i32, group: Option<i32>, adopts: bool) -> io::Result<Process> {
+        let mut p = Process { pid: 0, pidfd: None, session: None, group, adopts, ended: None };
+        p.attach(pid)?;
+        Ok(p)
+    }
+
+    /// A process conjure did not start (`conjure stop`). Its session and process group count as
+    /// its tree only when it leads them, or when their leader is gone, which is what a double
+    /// fork leaves behind; never a login shell's session that it merely runs in.
+    pub(crate) fn existing(pid: i32) -> io::Result<Process> {
+        let mut p = Process { pid: 0, pidfd: None, session: None, group: None, adopts: false, ended: None };
+        p.attach(pid)?;
+        if let (Some(st), Some(me)) = (stat(pid), stat(std::process::id() as i32)) {
+            let owned = |id: i32| id > 1 && id != me.session && id != me.pgrp && (id == pid || stat(id).is_none());
+            p.session = owned(st.session).then_some(st.session);
+            p.group = owned(st.pgrp).then_some(st.pgrp);
+        }
+        Ok(p)
+    }
+
+    /// Learns the program's pid and opens its pidfd (none on kernels before 5.3).
+    pub(crate) fn attach(&mut self, pid: i32) -> io::Result<()> {
+        if self.pid == pid {
+            return Ok(());
+        }
+        self.pid = pid;
+        self.pidfd = sys::pidfd_open(pid)?;
+        Ok(())
+    }
+
+    /// The program's pid (0 while unknown).
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// An fd that is readable once the program has exited, when the kernel has pidfds.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().filter(|_| self.ended.is_none()).map(AsFd::as_fd)
+    }
+
+    /// Whether conjure reaps every child it has (resident: it adopts the program's orphans).
+    pub(crate) fn reaps_all(&self) -> bool {
+        self.adopts
+    }
+
+    /// The process group that is the program's own, if any.
+    pub(crate) fn group(&self) -> Option<i32> {
+        self.group
+    }
+
+    /// Sends `signal` (any number, real-time ones included) to the program alone.
+    pub(crate) fn signal(&self, signal: i32) -> io::Result<()> {
+        if self.pid <= 0 || self.ended.is_some() {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        match &self.pidfd {
+            Some(fd) => sys::pidfd_send_signal(fd.as_fd(), signal),
+            None => sys::kill_raw(self.pid, signal),
+        }
+    }
+
+    /// Sends `signal` to the program's own process group, or to the program when it has none.
+    pub(crate) fn signal_group(&self, signal: i32) -> io::Result<()> {
+        match self.group {
+            Some(g) => sys::kill_raw(-g, signal),
+            None => self.signal(signal),
+        }
+    }
+
+    /// What became of the program, without blocking; reaps it when conjure may. With `stops`,
+    /// a stop by a signal is reported too (job control).
+    pub(crate) fn state(&mut self, stops: bool) -> State {
+        if let Some(status) = self.ended {
+            return State::Ended(status);
+        }
+        if self.pid <= 0 {
+            return State::Running;
+        }
+        let flags = libc::WNOHANG | if stops { libc::WUNTRACED } else { 0 };
+        let mut status = 0;
+        match sys::waitpid_raw(self.pid, &mut status, flags) {
+            Ok(0) => State::Running,
+            Ok(_) if libc::WIFSTOPPED(status) => State::Stopped(libc::WSTOPSIG(status)),
+            Ok(_) => {
+                self.ended = Some(Some(status));
+                State::Ended(Some(status))
+            }
+            Err(nix::errno::Errno::EINTR) => State::Running,
+            Err(_) => {
+                // Not conjure's child (no subreaper, or `stop`): gone when its pidfd says so, or
+                // (old kernels) when it no longer exists or is a zombie.
+                let gone = match &self.pidfd {
+                    Some(fd) => readable(fd.as_fd()),
+                    None => stat(self.pid).is_none_or(|s| s.dead()),
+                };
+                if gone {
+                    self.ended = Some(None);
+                    State::Ended(None)
+                } else {
+                    State::Running
+                }
+            }
+        }
+    }
+
+    /// Reaps every child conjure has that exited (resident conjure, as PID 1 or subreaper),
+    /// noting the program's status when it is among them. Does nothing unless conjure adopts.
+    pub(crate) fn reap_orphans(&mut self) {
+        if !self.adopts {
+            return;
+        }
+        loop {
+            let mut status = 0;
+            match sys::waitpid_raw(-1, &mut status, libc::WNOHANG) {
+                Ok(0) => return,
+                Ok(pid) => {
+                    if pid == self.pid && self.ended.is_none() {
+                        self.ended = Some(Some(status));
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// The living members of the program's tree (the program included while it runs), and the
+    /// zombies among conjure's own children that belong to it.
+    fn survey(&self) -> (Vec<i32>, Vec<i32>) {
+        let me = std::process::id() as i32;
+        let table = all();
+        let mut members: HashSet<i32> = HashSet::new();
+        let mut zombies = Vec::new();
+        for s in &table {
+            if s.pid == me {
+                continue;
+            }
+            let ours = (s.pid == self.pid && self.pid > 0)
+                || Some(s.session) == self.session
+                || Some(s.pgrp) == self.group
+                || (self.adopts && s.ppid == me);
+            if !ours {
+                continue;
+            }
+            if s.dead() {
+                if s.ppid == me {
+                    zombies.push(s.pid);
+                }
+            } else {
+                members.insert(s.pid);
+            }
+        }
+        // Descendants by parent links, to a fixed point (a tree is at most as deep as it is big).
+        loop {
+            let before = members.len();
+            for s in &table {
+                if !s.dead() && s.pid != me && members.contains(&s.ppid) {
+                    members.insert(s.pid);
+                }
+            }
+            if members.len() == before {
+                break;
+            }
+        }
+        (members.into_iter().collect(), zombies)
+    }
+
+    /// The living members of the program's tree.
+    pub(crate) fn members(&self) -> Vec<i32> {
+        self.survey().0
+    }
+
+    /// Stops the program and its whole tree: `signal` to every member (and SIGCONT, so that a
+    /// stopped one can act on it), then SIGKILL to whatever is left once `grace` has passed,
+    /// then up to [`KILL_WAIT`] for them to die. Members that appear meanwhile get the same
+    /// treatment. Reaps what conjure may reap.
+    pub(crate) fn terminate(&mut self, signal: i32, grace: Duration) -> Terminated {
+        let mut signal = signal;
+        let mut deadline = Instant::now().checked_add(grace);
+        let mut signalled: HashSet<i32> = HashSet::new();
+        let mut killed = false;
+        let mut pause = Duration::from_millis(1);
+        tracing::debug!(pid = self.pid, signal, ?grace, "stopping the program and its descendants");
+        loop {
+            let _ = self.state(false);
+            self.reap_orphans();
+            let (members, zombies) = self.survey();
+            for z in zombies {
+                let mut status = 0;
+                if sys::waitpid_raw(z, &mut status, libc::WNOHANG) == Ok(z) && z == self.pid && self.ended.is_none() {
+                    self.ended = Some(Some(status));
+                }
+            }
+            if members.is_empty() {
+                return Terminated { killed, survivors: 0 };
+            }
+            for &m in &members {
+                if signalled.insert(m) {
+                    self.send(m, signal);
+                    if signal != libc::SIGKILL && signal != libc::SIGCONT {
+                        self.send(m, libc::SIGCONT);
+                    }
+                }
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                if killed {
+                    tracing::debug!(left = members.len(), "processes survived SIGKILL");
+                    return Terminated { killed, survivors: members.len() };
+                }
+                tracing::debug!(left = members.len(), "still running after the grace period: SIGKILL");
+                killed = true;
+                signal = libc::SIGKILL;
+                signalled.clear();
+                deadline = now.checked_add(KILL_WAIT);
+                continue;
+            }
+            self.wait_for_some(&members, deadline, pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Signals member `pid`: the program through its pidfd, the others by pid.
+    fn send(&self, pid: i32, signal: i32) {
+        let sent = if pid == self.pid { self.signal(signal) } else { sys::kill_raw(pid, signal) };
+        if let Err(e) = sent {
+            tracing::debug!(pid, signal, error = %e, "cannot signal");
+        }
+    }
+
+    /// Waits until one of `members` exits, `deadline` passes, or (when some member cannot be
+    /// watched through a pidfd) `pause` has passed.
+    fn wait_for_some(&self, members: &[i32], deadline: Option<Instant>, pause: Duration) {
+        let mut owned = Vec::new();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        if let Some(fd) = self.pidfd().filter(|_| members.contains(&self.pid)) {
+            fds.push(fd);
+        }
+        for &m in members.iter().filter(|m| **m != self.pid).take(WATCHED) {
+            if let Ok(Some(fd)) = sys::pidfd_open(m) {
+                owned.push(fd);
+            }
+        }
+        fds.extend(owned.iter().map(AsFd::as_fd));
+        let all_watched = fds.len() == members.len();
+        let mut wake = deadline;
+        if !all_watched {
+            let soon = Instant::now() + pause;
+            wake = Some(wake.map_or(soon, |w| w.min(soon)));
+        }
+        let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
+        let _ = poll(&mut polled, timeout_until(wake));
+    }
+}
+
+/// Whether `fd` is readable now.
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// A `poll` timeout that ends at `wake` (rounded up, so that poll never wakes a hair early and
+/// spins), or never.
+pub(crate) fn timeout_until(wake: Option<Instant>) -> PollTimeout {
+    match wake {
+        None => PollTimeout::NONE,
+        Some(w) => {
+            let ms = w.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000);
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_is_read_after_the_last_parenthesis() {
+        let s = parse_stat(7, b"7 (a) b) (c) S 1 7 7 0 -1").unwrap();
+        assert_eq!(s, Stat { pid: 7, state: 'S', ppid: 1, pgrp: 7, session: 7 });
+        assert!(parse_stat(7, b"7 (x) Z").is_none());
+        assert!(parse_stat(7, b"garbage").is_none());
+        assert!(parse_stat(7, b"7 (x) Z 1 2 3").unwrap().dead());
+    }
+
+    #[test]
+    fn this_process_is_in_the_table() {
+        let me = std::process::id() as i32;
+        let s = stat(me).unwrap();
+        assert_eq!(s.ppid, nix::unistd::getppid().as_raw());
+        assert!(all().iter().any(|s| s.pid == me));
+    }
+}

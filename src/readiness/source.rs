@@ -1,0 +1,292 @@
+//! A readiness source, armed: what it needs set up before the fork (a pipe made, an inotify
+//! watch placed), and how it answers once the program exec'd.
+//!
+//! Which process runs what: [`Armed::arm`] runs in the launcher before the fork; the rest runs
+//! in the launcher (or resident conjure) while it waits, inside the engine's one event loop,
+//! which polls [`Armed::fd`] and calls [`Armed::probe`] when [`Armed::probe`] said to. The
+//! `notify` source has nothing of its own here: the socket is hosted by the event loop, which
+//! also relays what arrives on it, and says "ready" on `READY=1` from the program's tree.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use crate::error::DaemonizeError;
+use crate::readiness::Source;
+use crate::readiness::probe::{self, Backoff};
+
+/// A source with what it needs set up before the fork.
+#[derive(Debug)]
+pub(crate) enum Armed {
+    /// The exec is all it takes.
+    Exec,
+    /// `READY=1` on the socket the event loop hosts.
+    Notify,
+    Fd {
+        read: OwnedFd,
+        write: Option<OwnedFd>,
+        target: RawFd,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+        backoff: Backoff,
+    },
+    Unix {
+        path: PathBuf,
+        backoff: Backoff,
+    },
+    File {
+        path: PathBuf,
+        inotify: Inotify,
+    },
+    Cmd {
+        command: String,
+        backoff: Backoff,
+        running: Option<(Child, Option<OwnedFd>)>,
+    },
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// Ready.
+    Ready,
+    /// Not yet: probe again at this instant, or (`None`) when the source's fd says so.
+    Again(Option<Instant>),
+}
+
+impl Armed {
+    /// Prepares `source` in the launcher, before the fork.
+    pub(crate) fn arm(source: &Source) -> Result<Armed, DaemonizeError> {
+        Ok(match source {
+            Source::Exec => Armed::Exec,
+            Source::Notify => Armed::Notify,
+            Source::Fd(n) => {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                    .map_err(|e| DaemonizeError::sys("pipe2", e))?;
+                // The program's end must block like any ordinary pipe.
+                let flags = nix::fcntl::OFlag::from_bits_truncate(
+                    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETFL)
+                        .map_err(|e| DaemonizeError::sys("fcntl", e))?,
+                );
+                nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))
+                    .map_err(|e| DaemonizeError::sys("fcntl", e))?;
+                Armed::Fd { read, write: Some(write), target: *n }
+            }
+            Source::Tcp(host, port) => Armed::Tcp { host: host.clone(), port: *port, backoff: Backoff::default() },
+            Source::Unix(path) => Armed::Unix { path: absolute(path)?, backoff: Backoff::default() },
+            Source::File(path) => {
+                let path = absolute(path)?;
+                let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+                    .map_err(|e| DaemonizeError::sys("inotify_init1", e))?;
+                let dir = path.parent().unwrap_or(Path::new("/"));
+                inotify
+                    .add_watch(
+                        dir,
+                        AddWatchFlags::IN_CREATE
+                            | AddWatchFlags::IN_MOVED_TO
+                            | AddWatchFlags::IN_ATTRIB
+                            | AddWatchFlags::IN_CLOSE_WRITE,
+                    )
+                    .map_err(|e| {
+                        DaemonizeError::invalid(format!(
+                            "cannot watch `{}` for readiness file `{}`: {}",
+                            dir.display(),
+                            path.display(),
+                            e.desc()
+                        ))
+                    })?;
+                Armed::File { path, inotify }
+            }
+            Source::Cmd(command) => Armed::Cmd { command: command.clone(), backoff: Backoff::default(), running: None },
+        })
+    }
+
+    /// The fd the program must find at a fixed number, if any: `(ours, its number)`.
+    pub(crate) fn child_fd(&self) -> Option<(RawFd, RawFd)> {
+        match self {
+            Armed::Fd { write: Some(w), target, .. } => Some((w.as_raw_fd(), *target)),
+            _ => None,
+        }
+    }
+
+    /// After the fork: the launcher closes its copy of the program's end, so that the program
+    /// closing it shows as end of file.
+    pub(crate) fn forked(&mut self) {
+        if let Armed::Fd { write, .. } = self {
+            *write = None;
+        }
+    }
+
+    /// The fd to poll, if the source has one now.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Armed::Fd { read, .. } => Some(read.as_fd()),
+            Armed::File { inotify, .. } => Some(inotify.as_fd()),
+            Armed::Cmd { running: Some((_, Some(fd))), .. } => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+
+    /// Looks once: probes a probing source, checks a file, starts or checks a command.
+    pub(crate) fn probe(&mut self) -> Result<Probe, DaemonizeError> {
+        Ok(match self {
+            Armed::Exec => Probe::Ready,
+            Armed::Notify | Armed::Fd { .. } => Probe::Again(None),
+            Armed::Tcp { host, port, backoff } => {
+                if probe::tcp(host, *port) {
+                    Probe::Ready
+                } else {
+                    Probe::Again(Some(probe::due(backoff)))
+                }
+            }
+            Armed::Unix { path, backoff } => {
+                if probe::unix(path) {
+                    Probe::Ready
+                } else {
+                    Probe::Again(Some(probe::due(backoff)))
+                }
+            }
+            // Checked once after exec; from then on inotify says when to look again.
+            Armed::File { path, .. } => {
+                if path.exists() {
+                    Probe::Ready
+                } else {
+                    Probe::Again(None)
+                }
+            }
+            Armed::Cmd { command, backoff, running } => {
+                if let Some((child, _)) = running.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        *running = None;
+                        if status.success() {
+                            return Ok(Probe::Ready);
+                        }
+                        tracing::debug!(%status, "readiness command not yet successful");
+                    }
+                }
+                if running.is_none() {
+                    let child = probe::spawn_check(command).map_err(|source| DaemonizeError::SystemError {
+                        call: "starting the readiness command",
+                        source,
+                    })?;
+                    let fd = crate::sys::pidfd_open(child.id() as i32).ok().flatten();
+                    *running = Some((child, fd));
+                }
+                // Looked at again when its pidfd says it exited (or on the backoff without one).
+                Probe::Again(Some(probe::due(backoff)))
+            }
+        })
+    }
+
+    /// The source's fd became readable. `true` when that made it ready.
+    pub(crate) fn readable(&mut self) -> Result<bool, DaemonizeError> {
+        match self {
+            Armed::Fd { read, target, .. } => {
+                let mut buf = [0u8; 512];
+                match nix::unistd::read(read.as_fd(), &mut buf) {
+                    Ok(0) => {
+                        tracing::debug!(fd = *target, "the program closed its readiness fd without a newline");
+                        // Keep it out of the poll set: replace it by a pipe nobody writes to.
+                        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                            .map_err(|e| DaemonizeError::sys("pipe2", e))?;
+                        std::mem::forget(w);
+                        *read = r;
+                        Ok(false)
+                    }
+                    // Only whether a newline came matters: nothing is kept, whatever the program writes.
+                    Ok(n) => Ok(buf[..n].contains(&b'\n')),
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(false),
+                    Err(e) => Err(DaemonizeError::sys("read", e)),
+                }
+            }
+            Armed::File { path, inotify } => {
+                let _ = inotify.read_events();
+                Ok(path.exists())
+            }
+            // The check exited: ready if it succeeded; otherwise the next run waits for its probe.
+            Armed::Cmd { running, .. } => {
+                let Some((child, _)) = running.as_mut() else { return Ok(false) };
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        *running = None;
+                        if !status.success() {
+                            tracing::debug!(%status, "readiness command not yet successful");
+                        }
+                        Ok(status.success())
+                    }
+                    _ => Ok(false),
+                }
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Stops a `cmd:` check still running; the source is done.
+    pub(crate) fn disarm(&mut self) {
+        if let Armed::Cmd { running, .. } = self {
+            if let Some((child, _)) = running.take() {
+                probe::stop_check(child);
+            }
+        }
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, DaemonizeError> {
+    std::path::absolute(path).map_err(|e| DaemonizeError::invalid(format!("invalid path `{}`: {e}", path.display())))
+}
+
+/// "exited with status 3", "was killed by signal 9 (SIGKILL)".
+pub(crate) fn describe_status(status: crate::process::WaitStatus) -> String {
+    if let Some(code) = crate::process::exit_code(status) {
+        format!("exited with status {code}")
+    } else if let Some(sig) = crate::process::signal(status) {
+        format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        format!("changed state ({status:#x})")
+    }
+}
+
+/// `SIGTERM`, `SIGRTMIN+3`, or `signal 99`.
+pub(crate) fn signal_name(sig: i32) -> String {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+        return s.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&sig) {
+        return if sig - min <= max - sig {
+            format!("SIGRTMIN+{}", sig - min)
+        } else {
+            format!("SIGRTMAX-{}", max - sig)
+        };
+    }
+    format!("signal {sig}")
+}
+
+/// How long the program was waited for, as the failure message says it.
+pub(crate) fn waited(timeout: Option<Duration>) -> String {
+    timeout.map_or_else(|| "ever".to_string(), crate::duration::format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_named_real_time_ones_too() {
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+        assert_eq!(signal_name(libc::SIGRTMAX()), "SIGRTMAX-0");
+        assert_eq!(signal_name(99), "signal 99");
+    }
+}
