@@ -100,7 +100,7 @@ fn symlinked_pidfile_is_refused_with_73_and_its_target_untouched() {
     let out = conjure(argv!["-p", &link, "--", "sleep", "60"]);
     out.assert_code(73);
     let line = out.one_line_of_stderr();
-    assert!(line.contains(&link.display().to_string()) && line.contains("Too many levels of symbolic links"), "{out}");
+    assert!(line.contains(&link.display().to_string()) && line.contains("symbolic link"), "{out}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n", "the symlink's target was written");
     assert_eq!(std::fs::read_link(&link).unwrap(), target, "the symlink was replaced");
     assert!(!lock_is_held(&target));

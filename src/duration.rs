@@ -1,8 +1,12 @@
 //! Durations as operators write them: `500ms`, `10s`, `2m`, `1h`; a bare number is seconds.
+//!
+//! A duration too long to represent saturates at the longest one (which every deadline in
+//! conjure treats as "never"), rather than failing or, worse, overflowing an instant later.
 
 use std::time::Duration;
 
-/// Parses `500ms`, `10s`, `1.5s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `500ms`, `10s`, `1.5s`, `2m`, `1h`, `250us`, or a bare number of seconds. Values too
+/// long to represent saturate at [`Duration::MAX`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -25,7 +29,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let value: f64 = number
         .parse()
         .map_err(|_| format!("invalid duration `{text}`: expected a number and a unit, like 500ms, 10s or 2m"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("invalid duration `{text}`: out of range"))
+    // Only digits and dots reach here, so the value is finite (or +inf) and never negative.
+    Ok(Duration::try_from_secs_f64(value * scale).unwrap_or(Duration::MAX))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it: `90s`, `500ms`, `1.5s`.
@@ -42,6 +47,35 @@ pub(crate) fn format(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_unit_scales_as_it_says() {
+        let cases = [
+            ("7", Duration::from_secs(7)),
+            ("7s", Duration::from_secs(7)),
+            ("7ms", Duration::from_millis(7)),
+            ("7us", Duration::from_micros(7)),
+            ("7m", Duration::from_secs(7 * 60)),
+            ("7min", Duration::from_secs(7 * 60)),
+            ("7h", Duration::from_secs(7 * 3600)),
+            ("0.25s", Duration::from_millis(250)),
+            (" 3s ", Duration::from_secs(3)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn huge_durations_saturate() {
+        let years = Duration::from_secs(3600 * 24 * 365 * 1000);
+        assert!(parse_duration("2562047788015216h").is_ok_and(|d| d > years));
+        assert_eq!(parse_duration("99999999999999999999999h"), Ok(Duration::MAX));
+        assert_eq!(parse_duration(&"9".repeat(400)), Ok(Duration::MAX));
+        assert!(parse_duration("1.2.3s").is_err());
+        assert!(parse_duration("inf").is_err());
+        assert!(parse_duration("NaN").is_err());
+    }
 
     #[test]
     fn units_and_errors() {

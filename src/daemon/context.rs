@@ -5,12 +5,11 @@
 //! context dropped without notifying closes the report pipe, and the launcher exits non-zero:
 //! forgetting to say "ready" is a failure, never a silent success.
 
-use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::config::DaemonConfig;
 use crate::daemon::ids::{self, Identity};
-use crate::daemon::pidfile;
+use crate::daemon::pidfile::Guard;
 use crate::daemon::report::{self, Record};
 use crate::error::DaemonizeError;
 use crate::readiness::Sink;
@@ -23,9 +22,8 @@ pub struct DaemonContext {
     pub(crate) config: DaemonConfig,
     pub(crate) identity: Option<Identity>,
     pub(crate) report: Option<OwnedFd>,
-    pub(crate) pidfile: Option<File>,
-    pub(crate) lockfile: Option<File>,
-    pub(crate) pidfile_temp: Option<std::path::PathBuf>,
+    pub(crate) pidfile: Option<Guard>,
+    pub(crate) lockfile: Option<Guard>,
     pub(crate) notified: bool,
     pub(crate) cleanup_on_drop: bool,
     pub(crate) signal_ids: Vec<signal_hook::SigId>,
@@ -82,10 +80,13 @@ impl DaemonContext {
         sys::exit_immediately(code)
     }
 
-    /// Hands the output files to the target user and group (`user`/`group` of the config).
-    /// The pidfile and lockfile stay the launching user's: the daemon keeps their fds.
+    /// Hands the output files to the target user and group, as blivet's split-phase privilege
+    /// drop does. conjure already opened them as that user (or, where only root could create
+    /// them, handed them over through their fds), so nothing is left to do: this succeeds, and
+    /// never follows a path with root's power. The pidfile and lockfile stay the launching
+    /// user's.
     pub fn chown_paths(&self) -> Result<(), DaemonizeError> {
-        crate::daemon::chown_outputs(&self.config, self.identity.as_ref())
+        Ok(())
     }
 
     /// Switches to the configured user and group: supplementary groups, group, user, then
@@ -103,18 +104,17 @@ impl DaemonContext {
 
     /// Removes the pidfile if it is still this daemon's. Idempotent, best effort.
     pub fn cleanup(&mut self) {
-        let path = self.pidfile_temp.as_ref().or(self.config.pidfile.as_ref());
-        if let (Some(path), Some(file)) = (path, self.pidfile.as_ref()) {
-            pidfile::remove(path, file);
+        if let Some(guard) = &self.pidfile {
+            guard.remove();
         }
     }
 
     /// The pidfile sink: renames the locked temporary pidfile into place.
     fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
-        let (Some(temp), Some(path)) = (&self.pidfile_temp, &self.config.pidfile) else { return Ok(()) };
-        pidfile::publish(temp, path)?;
-        self.pidfile_temp = None;
-        Ok(())
+        match &mut self.pidfile {
+            Some(guard) => guard.publish(),
+            None => Ok(()),
+        }
     }
 
     /// Overrides the config's `cleanup_on_drop`.
@@ -124,7 +124,7 @@ impl DaemonContext {
 
     /// The locked lockfile's fd (the pidfile's, when it is the lockfile).
     pub fn lockfile_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.lockfile.as_ref().or(if self.config.lock { self.pidfile.as_ref() } else { None }).map(|f| f.as_fd())
+        self.lockfile.as_ref().and_then(Guard::lock_fd).or_else(|| self.pidfile.as_ref().and_then(Guard::lock_fd))
     }
 
     /// The pidfile path, absolute.

@@ -1,27 +1,40 @@
 //! `stop` and `status`: acting on a daemon through its pidfile, trusting only its lock.
 //!
 //! A pid read from a file is a guess: the daemon may have died and the number been reused by
-//! an unrelated process. conjure signals a pid only when (1) somebody holds the pidfile's lock,
-//! (2) that pid is alive and, where `/proc` lets us see it, has the pidfile open, and (3) the
-//! signal goes through a pidfd opened before those checks, so that even a pid reused in between
-//! cannot be hit.
+//! an unrelated process. The lock is not a guess: a `flock` belongs to one open file
+//! description, which only the process that opened it and its descendants can hold, and
+//! `/proc/PID/fdinfo` shows which fds hold it. So:
+//! - `stop` signals only processes that hold the pidfile's lock, and their trees (through
+//!   [`Process::terminate`]): the daemon the pidfile names, or, when that one is gone (a
+//!   resident conjure killed with SIGKILL), the program that still holds the lock. A `tail -f`
+//!   of the pidfile or a monitoring agent that merely opened it holds no lock and is never
+//!   touched. The lock alone is trusted only where `/proc` cannot show holders (another user's
+//!   processes, seen by a non-root caller), and then only for the pid the file names.
+//! - a pidfile nobody holds a lock on (`--no-lock`, or a stale one) names a pid nothing vouches
+//!   for: `stop` signals nobody. `status` checks what can be checked: a live pid that started
+//!   before the pidfile was written is reported running; one that started after (a stranger
+//!   that reused the number, or a clock that jumped) is "unknown", never "dead".
+//! - only a pidfile is ever removed: a regular file owned by the launching user or root,
+//!   empty or holding one pid. `conjure stop -p /etc/app.conf` leaves the file alone.
 
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 
-use crate::daemon::pidfile::{self, Probe, Role};
+use crate::daemon::pidfile::{self, Inspection};
 use crate::error::{DaemonizeError, why};
 use crate::process::{KILL_WAIT, Process};
 
 /// What `conjure status` found, with its LSB exit code ([`Status::code`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
-    /// The pidfile's lock is held: the daemon runs.
+    /// The daemon runs: the pidfile's lock is held (or, without a lock, the pid it names runs
+    /// and started before the pidfile was written).
     Running {
-        /// The pid the pidfile names, if it names one.
+        /// The daemon's pid: the one the pidfile names, or the process holding its lock.
         pid: Option<i32>,
     },
     /// The pidfile exists but nobody holds its lock.
@@ -31,7 +44,8 @@ pub enum Status {
     },
     /// There is no pidfile.
     NotRunning,
-    /// The pidfile cannot be read.
+    /// conjure cannot tell: the pidfile cannot be read, is not a pidfile, or names a live
+    /// process that nothing proves to be the daemon.
     Unknown(String),
 }
 
@@ -60,12 +74,38 @@ impl std::fmt::Display for Status {
 }
 
 /// Looks at the daemon behind `pidfile`.
+///
+/// ```no_run
+/// use conjure::control::{self, Status};
+/// match control::status("/run/myapp.pid".as_ref()) {
+///     Status::Running { pid } => println!("running as {pid:?}"),
+///     other => std::process::exit(other.code()),
+/// }
+/// ```
 pub fn status(pidfile: &Path) -> Status {
-    match pidfile::probe(pidfile) {
-        Ok(Probe::Missing) => Status::NotRunning,
-        Ok(Probe::Unlocked(pid)) => Status::Dead { pid },
-        Ok(Probe::Locked(pid)) => Status::Running { pid },
-        Err(e) => Status::Unknown(format!("cannot read pidfile `{}`: {}", pidfile.display(), why(&e))),
+    let found = match pidfile::inspect(pidfile) {
+        Ok(None) => return Status::NotRunning,
+        Ok(Some(found)) => found,
+        Err(e) => return Status::Unknown(format!("cannot read pidfile `{}`: {}", pidfile.display(), why(&e))),
+    };
+    if found.locked {
+        // The daemon is whoever holds the lock: the pid the file names when it is one of them.
+        let holders = lock_holders(&found.file);
+        let pid = match found.pid {
+            Some(p) if holders.contains(&p) || (holders.is_empty() && alive(p)) => Some(p),
+            named => holders.first().copied().or(named),
+        };
+        return Status::Running { pid };
+    }
+    match found.pid {
+        Some(pid) if alive(pid) => match started_before(pid, &found.file) {
+            Some(true) => Status::Running { pid: Some(pid) },
+            _ => Status::Unknown(format!(
+                "pidfile `{}` is not locked and names pid {pid}, which runs but cannot be shown to be the daemon",
+                pidfile.display()
+            )),
+        },
+        pid => Status::Dead { pid },
     }
 }
 
@@ -74,7 +114,7 @@ pub fn status(pidfile: &Path) -> Status {
 pub enum Stopped {
     /// Nothing ran: no pidfile, or a stale one (which is removed).
     NotRunning,
-    /// The daemon exited after the signal (`killed`: only after SIGKILL).
+    /// The daemon exited after the signal (`killed`: only after SIGKILL); its pidfile is gone.
     Stopped {
         /// Its pid.
         pid: i32,
@@ -83,86 +123,159 @@ pub enum Stopped {
     },
 }
 
-/// Stops the daemon behind `pidfile`: `signal`, then SIGKILL once `timeout` has passed. The
-/// pidfile is removed afterwards if nobody holds its lock any more.
+/// Stops the daemon behind `pidfile`: `signal` to it and its descendants, then SIGKILL to what
+/// is left once `timeout` has passed; then removes the pidfile. Signals only processes that
+/// hold the pidfile's lock and their trees; errors (exit code 1) when it signals nobody while
+/// something may run, when the daemon survives, or when the pidfile cannot be removed.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use conjure::control::{self, Stopped};
+/// let signal = nix::sys::signal::Signal::SIGTERM;
+/// match control::stop("/run/myapp.pid".as_ref(), signal, Duration::from_secs(10))? {
+///     Stopped::Stopped { pid, killed } => println!("stopped {pid} (SIGKILL needed: {killed})"),
+///     Stopped::NotRunning => println!("was not running"),
+/// }
+/// # Ok::<(), conjure::DaemonizeError>(())
+/// ```
 pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped, DaemonizeError> {
     let fail = |msg: String| DaemonizeError::StopFailed(msg);
-    let pid = match pidfile::probe(pidfile) {
-        Ok(Probe::Missing) => return Ok(Stopped::NotRunning),
-        Ok(Probe::Unlocked(pid)) => {
-            // Nothing vouches for the pid. If it names a live process, that is a stranger that
-            // reused the number or a daemon started with --no-lock: signal neither, and keep the
-            // file, which may still be someone's. A pidfile naming a dead pid is removed.
-            tracing::debug!(?pid, "pidfile is not locked; nothing to signal");
-            if !pid.is_some_and(alive) {
-                remove_if_unlocked(pidfile);
+    let shown = pidfile.display();
+    let found = match pidfile::inspect(pidfile) {
+        Ok(None) => return Ok(Stopped::NotRunning),
+        Ok(Some(found)) => found,
+        Err(e) => return Err(fail(format!("cannot read pidfile `{shown}`: {}; nothing signalled", why(&e)))),
+    };
+    if !found.locked {
+        // Nothing vouches for the pid: a stranger that reused the number, or a daemon started
+        // with --no-lock. Neither is signalled; the file is removed only if its pid is gone.
+        return match found.pid {
+            Some(pid) if alive(pid) => Err(fail(format!(
+                "pidfile `{shown}` is not locked; pid {pid} runs, but conjure signals only the holder of a pidfile's lock"
+            ))),
+            _ => {
+                tracing::debug!(pid = ?found.pid, "stale pidfile; removing it");
+                pidfile::remove_stale(pidfile)
+                    .map_err(|e| fail(format!("pidfile `{shown}` is stale, but cannot be removed: {e}")))?;
+                Ok(Stopped::NotRunning)
             }
-            return Ok(Stopped::NotRunning);
-        }
-        Ok(Probe::Locked(Some(pid))) => pid,
-        Ok(Probe::Locked(None)) => {
-            return Err(fail(format!("pidfile `{}` is locked but names no pid", pidfile.display())));
-        }
-        Err(e) => return Err(fail(format!("cannot read pidfile `{}`: {}", pidfile.display(), why(&e)))),
+        };
+    }
+    let targets = targets(&found);
+    let Some(&first) = targets.first() else {
+        return Err(fail(format!(
+            "pidfile `{shown}` is locked, but by no process conjure can see (pid {}); nothing signalled",
+            found.pid.map_or_else(|| "none named".to_string(), |p| p.to_string())
+        )));
     };
-    let mut process = match Process::existing(pid) {
-        Ok(p) => p,
-        Err(e) => return Err(DaemonizeError::SystemError { call: "pidfd_open", source: e }),
-    };
-    if !alive(pid) {
-        return Err(fail(format!(
-            "pidfile `{}` names pid {pid}, which is not running, yet its lock is held",
-            pidfile.display()
-        )));
+    let mut killed = false;
+    for pid in &targets {
+        let mut process = Process::existing(*pid).map_err(|e| fail(format!("cannot watch pid {pid}: {}", why(&e))))?;
+        tracing::debug!(pid, ?signal, "stopping the daemon and its descendants");
+        let stopped = process.terminate(signal as i32, timeout);
+        killed |= stopped.killed;
+        if stopped.survivors > 0 {
+            return Err(fail(format!(
+                "pid {pid} (or {} of its descendants) survived SIGKILL for {KILL_WAIT:?}",
+                stopped.survivors
+            )));
+        }
     }
-    if holds_file(pid, pidfile) == Some(false) {
-        return Err(fail(format!(
-            "pid {pid} named by `{}` does not hold that file open; refusing to signal it",
-            pidfile.display()
-        )));
+    let pid = found.pid.filter(|p| targets.contains(p)).unwrap_or(first);
+    match pidfile::inspect(pidfile) {
+        Ok(Some(now)) if now.locked => {
+            let left: Vec<String> = lock_holders(&now.file).iter().map(i32::to_string).collect();
+            Err(fail(format!("stopped pid {pid}, but `{shown}` is still locked (by pid {})", left.join(", "))))
+        }
+        Ok(Some(_)) => match pidfile::remove_stale(pidfile) {
+            Ok(()) => Ok(Stopped::Stopped { pid, killed }),
+            Err(e) => Err(fail(format!("stopped pid {pid}, but cannot remove `{shown}`: {e}"))),
+        },
+        _ => Ok(Stopped::Stopped { pid, killed }),
     }
-    if !matches!(pidfile::probe(pidfile), Ok(Probe::Locked(Some(p))) if p == pid) {
-        return Err(fail(format!("pidfile `{}` changed while stopping; try again", pidfile.display())));
+}
+
+/// The processes `stop` signals: the holders of the lock that no other holder descends from
+/// (each is stopped with its tree). Where `/proc` shows no holder at all (another user's
+/// processes, seen without root), the lock alone vouches for the pid the file names.
+fn targets(found: &Inspection) -> Vec<i32> {
+    let holders = lock_holders(&found.file);
+    if holders.is_empty() {
+        return found.pid.filter(|p| alive(*p)).into_iter().collect();
     }
-    tracing::debug!(pid, ?signal, "stopping the daemon and its descendants");
-    // The daemon's whole tree: descendants that inherited the lock would otherwise keep the
-    // daemon "running" after the main process is gone.
-    let stopped = process.terminate(signal as i32, timeout);
-    if stopped.survivors > 0 {
-        return Err(fail(format!(
-            "pid {pid} (or {} of its descendants) survived SIGKILL for {KILL_WAIT:?}",
-            stopped.survivors
-        )));
+    let mut roots: Vec<i32> =
+        holders.iter().copied().filter(|h| !holders.iter().any(|other| other != h && descends(*h, *other))).collect();
+    // The named pid first, when it is one of them.
+    roots.sort_by_key(|p| Some(*p) != found.pid);
+    roots
+}
+
+/// Whether `pid` descends from `ancestor`, by parent links in `/proc`.
+fn descends(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..4096 {
+        match crate::process::stat(p).map(|s| s.ppid) {
+            Some(pp) if pp == ancestor => return true,
+            Some(pp) if pp > 1 && pp != p => p = pp,
+            _ => return false,
+        }
     }
-    remove_if_unlocked(pidfile);
-    Ok(Stopped::Stopped { pid, killed: stopped.killed })
+    false
+}
+
+/// Processes (not this one) with an fd on the open file description that holds `file`'s
+/// `flock`: `/proc/PID/fdinfo/N` lists a lock only for the fds that share the locking open
+/// file description, so a process that merely opened the file is not among them.
+pub(crate) fn lock_holders(file: &File) -> Vec<i32> {
+    let Ok(target) = file.metadata() else { return Vec::new() };
+    let me = std::process::id() as i32;
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut holders = Vec::new();
+    for pid in procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let holds = fds.flatten().any(|fd| {
+            let same = std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino());
+            same && std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
+                .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains("FLOCK")))
+        });
+        if holds && alive(pid) {
+            holders.push(pid);
+        }
+    }
+    holders
 }
 
 /// Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it.
 fn alive(pid: i32) -> bool {
-    let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-    let zombie = crate::process::stat(pid).is_some_and(|s| s.dead());
-    exists && !zombie
+    crate::process::stat(pid).is_some_and(|s| !s.dead())
 }
 
-/// Whether `pid` has `path` open: `None` when `/proc/PID/fd` cannot be read (another user's
-/// process, no procfs), in which case the lock alone is trusted.
-fn holds_file(pid: i32, path: &Path) -> Option<bool> {
-    let target = std::fs::metadata(path).ok()?;
-    let dir = std::fs::read_dir(PathBuf::from(format!("/proc/{pid}/fd"))).ok()?;
-    Some(
-        dir.flatten().any(|entry| {
-            std::fs::metadata(entry.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
-        }),
-    )
+/// How long before its pidfile was written a daemon's process may have started: conjure writes
+/// the pidfile in the child right after the fork (or, resident, right after it starts).
+const WRITTEN_WITHIN: f64 = 2.0;
+
+/// Whether `pid` started shortly before `file` was last modified, as the process that wrote
+/// its own pidfile did. Both are compared on the boot clock (`/proc/PID/stat`'s start time;
+/// the file's mtime moved from the wall clock to the boot clock), to within one clock tick.
+/// A process that started after (a stranger that reused the number) or long before (a pid
+/// written by someone else) is not shown to be the daemon. `None` when either cannot be read.
+fn started_before(pid: i32, file: &File) -> Option<bool> {
+    let started = crate::process::stat(pid)?.start_ticks as f64 / clock_ticks()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let now = SystemTime::now();
+    let modified = file.metadata().ok()?.modified().ok()?;
+    let age = now.duration_since(modified).ok()?.as_secs_f64();
+    let written = uptime - age;
+    Some(started <= written + 0.011 && started >= written - WRITTEN_WITHIN)
 }
 
-/// Removes a pidfile nobody holds a lock on, taking the lock first so that a daemon starting
-/// at this moment either keeps its file or has not locked it yet.
-fn remove_if_unlocked(path: &Path) {
-    if let Ok(Probe::Unlocked(_)) = pidfile::probe(path) {
-        if let Ok(file) = pidfile::acquire_existing(path, Role::Pidfile) {
-            pidfile::remove(path, &file);
-        }
+/// Clock ticks per second, the unit of `/proc/PID/stat`'s start time.
+fn clock_ticks() -> Option<f64> {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(n)) if n > 0 => Some(n as f64),
+        _ => None,
     }
 }

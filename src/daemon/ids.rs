@@ -60,11 +60,7 @@ pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<
             let cname = CString::new(pw.name.as_bytes()).map_err(|_| DaemonizeError::UserNotFound(pw.name.clone()))?;
             let groups = getgrouplist(&cname, gid).map_err(|e| DaemonizeError::sys("getgrouplist", e))?;
             Identity {
-                ids: Ids {
-                    uid: pw.uid.as_raw(),
-                    gid: gid.as_raw(),
-                    groups: groups.into_iter().map(Gid::as_raw).collect(),
-                },
+                ids: Ids::new(pw.uid.as_raw(), gid.as_raw(), groups.into_iter().map(Gid::as_raw).collect()),
                 name: Some(pw.name),
                 home: Some(pw.dir),
             }
@@ -74,13 +70,13 @@ pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<
             let Some(gid) = gid else {
                 return Err(DaemonizeError::UserNotFound(format!("{uid}` (no passwd entry; name a group with `-g")));
             };
-            Identity { ids: Ids { uid, gid: gid.as_raw(), groups: vec![gid.as_raw()] }, name: None, home: None }
+            Identity { ids: Ids::new(uid, gid.as_raw(), vec![gid.as_raw()]), name: None, home: None }
         }
         None => {
             // Only a group: keep the current user, switch the group.
             let gid = gid.expect("a group was given, since user is None and not both are None");
             let uid = geteuid().as_raw();
-            Identity { ids: Ids { uid, gid: gid.as_raw(), groups: vec![gid.as_raw()] }, name: None, home: None }
+            Identity { ids: Ids::new(uid, gid.as_raw(), vec![gid.as_raw()]), name: None, home: None }
         }
     };
     if !geteuid().is_root() {
@@ -106,6 +102,22 @@ pub(crate) fn drop_to(ids: &Ids) -> Result<(), DaemonizeError> {
         return Err(DaemonizeError::PermissionDenied(format!(
             "privilege drop to uid {} did not stick: setuid(0) succeeded afterwards",
             ids.uid
+        )));
+    }
+    // Every part of the identity is checked, not just the uid.
+    let mut groups: Vec<u32> =
+        nix::unistd::getgroups().map_err(|e| denied("getgroups", e))?.into_iter().map(Gid::as_raw).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let stuck = nix::unistd::getuid().as_raw() == ids.uid
+        && nix::unistd::geteuid().as_raw() == ids.uid
+        && nix::unistd::getgid().as_raw() == ids.gid
+        && nix::unistd::getegid().as_raw() == ids.gid
+        && groups == ids.groups;
+    if !stuck {
+        return Err(DaemonizeError::PermissionDenied(format!(
+            "privilege drop to uid {} gid {} did not stick: the identity differs afterwards",
+            ids.uid, ids.gid
         )));
     }
     Ok(())

@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::config::DaemonConfig;
 use crate::daemon::resident::Resident;
 use crate::daemon::watch::{Event, Signals, Watch, interrupts_start};
-use crate::daemon::{Chown, PidfileMode, Prepared, cstring, reap};
+use crate::daemon::{PidfileMode, Prepared, cstring, reap};
 use crate::error::DaemonizeError;
 use crate::process::Process;
 use crate::readiness::notify::{self, NotifyHost};
@@ -208,7 +208,7 @@ impl Launcher {
             _ => None,
         };
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
-        let mut prepared = Prepared::new(&self.config, Chown::Now, mode)?;
+        let mut prepared = Prepared::new(&self.config, mode)?;
         let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
         // The program's NOTIFY_SOCKET: conjure's own socket with the notify source and, when
         // resident conjure notifies as the main process, for whatever the program says over

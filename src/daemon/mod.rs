@@ -17,6 +17,7 @@ mod context;
 pub mod control;
 pub(crate) mod ids;
 pub mod launcher;
+mod output;
 pub(crate) mod pidfile;
 pub(crate) mod report;
 mod resident;
@@ -37,7 +38,7 @@ use crate::process::Process;
 use crate::readiness::Sink;
 use crate::sys::{self, ChildPlan, Failure, Stage};
 use ids::Identity;
-use pidfile::Role;
+use pidfile::{Guard, Role};
 use watch::{Event, Watch};
 
 /// Files and facts gathered before the fork. Dropping it closes the launcher's copies; the
@@ -48,15 +49,12 @@ pub(crate) struct Prepared {
     pub config: DaemonConfig,
     pub identity: Option<Identity>,
     /// The locked lockfile, when it is not the pidfile.
-    pub lockfile: Option<File>,
+    pub lockfile: Option<Guard>,
     /// The pidfile (locked, unless locking is off).
-    pub pidfile: Option<File>,
+    pub pidfile: Option<Guard>,
     pub devnull: OwnedFd,
     pub stdout: Option<File>,
     pub stderr: Option<File>,
-    /// With the pidfile sink: the locked temporary file that becomes the pidfile when the
-    /// daemon is ready; `None` once renamed into place.
-    pub pidfile_temp: Option<PathBuf>,
 }
 
 /// How the pidfile comes into being.
@@ -69,17 +67,10 @@ pub(crate) enum PidfileMode {
     Atomic,
 }
 
-/// Whether output files are handed to the target user now (launcher) or later by the daemon
-/// itself ([`DaemonContext::chown_paths`], split-phase privilege drop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Chown {
-    Now,
-    Later,
-}
-
 impl Prepared {
-    /// Validates, locks and opens, in that order.
-    pub(crate) fn new(config: &DaemonConfig, chown: Chown, mode: PidfileMode) -> Result<Prepared, DaemonizeError> {
+    /// Validates, locks and opens, in that order. A failure leaves nothing behind: not even the
+    /// empty pidfile the lock created.
+    pub(crate) fn new(config: &DaemonConfig, mode: PidfileMode) -> Result<Prepared, DaemonizeError> {
         let config = config.resolved()?;
         tracing::debug!(?config, "configuration validated");
         let identity = ids::resolve(config.user.as_deref(), config.group.as_deref())?;
@@ -87,65 +78,36 @@ impl Prepared {
 
         let lockfile = match (&config.lockfile, config.lock) {
             (Some(path), true) if Some(path) != config.pidfile.as_ref() => {
-                let f = pidfile::acquire(path, Role::Lockfile, true)?;
-                tracing::debug!(path = %path.display(), "lockfile locked");
-                Some(f)
+                Some(Guard::acquire(path, Role::Lockfile, true, None)?)
             }
             _ => None,
         };
-        let mut pidfile_temp = None;
         let pidfile = match &config.pidfile {
             Some(path) if mode == PidfileMode::Atomic => {
-                if let Ok(pidfile::Probe::Locked(pid)) = pidfile::probe(path) {
-                    return Err(DaemonizeError::LockConflict { path: path.clone(), pid });
+                if let Ok(Some(found)) = pidfile::inspect(path) {
+                    if found.locked {
+                        return Err(DaemonizeError::LockConflict { path: path.clone(), pid: found.pid });
+                    }
                 }
-                let temp = pidfile::temp_path(path);
-                let f = pidfile::acquire(&temp, Role::Pidfile, config.lock)?;
-                tracing::debug!(path = %temp.display(), "temporary pidfile opened; renamed into place when ready");
-                pidfile_temp = Some(temp);
-                Some(f)
+                Some(Guard::acquire(path, Role::Pidfile, config.lock, Some(Guard::temp_path(path)))?)
             }
-            Some(path) => {
-                let f = pidfile::acquire(path, Role::Pidfile, config.lock)?;
-                tracing::debug!(path = %path.display(), locked = config.lock, "pidfile opened");
-                Some(f)
-            }
+            Some(path) => Some(Guard::acquire(path, Role::Pidfile, config.lock, None)?),
             None => None,
         };
-        let mut prepared = Prepared {
-            devnull: open_devnull()?,
-            stdout: None,
-            stderr: None,
-            config,
-            identity,
-            lockfile,
-            pidfile,
-            pidfile_temp,
-        };
-        let (stdout, stderr) = prepared.open_outputs()?;
-        prepared.stdout = stdout;
-        prepared.stderr = stderr;
-        if chown == Chown::Now {
-            prepared.chown_outputs()?;
+        let mut prepared =
+            Prepared { devnull: open_devnull()?, stdout: None, stderr: None, config, identity, lockfile, pidfile };
+        match prepared.open_outputs() {
+            Ok((stdout, stderr)) => {
+                prepared.stdout = stdout;
+                prepared.stderr = stderr;
+                Ok(prepared)
+            }
+            Err(e) => Err(prepared.abandon(e)),
         }
-        Ok(prepared)
     }
 
     fn open_outputs(&self) -> Result<(Option<File>, Option<File>), DaemonizeError> {
-        let open = |path: &Path| -> Result<File, DaemonizeError> {
-            let mut opts = OpenOptions::new();
-            opts.write(true).create(true).mode(0o644).custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY);
-            if self.config.append {
-                opts.append(true);
-            } else {
-                opts.truncate(true);
-            }
-            let f = opts
-                .open(path)
-                .map_err(|source| DaemonizeError::OutputFileError { path: path.to_path_buf(), source })?;
-            tracing::debug!(path = %path.display(), append = self.config.append, "output file opened");
-            Ok(f)
-        };
+        let open = |path: &Path| output::open(path, self.identity.as_ref(), self.config.append);
         let out = self.config.stdout.as_deref().map(open).transpose()?;
         // One open file for both when they name the same file, so that the two streams share
         // one offset instead of writing over each other.
@@ -159,22 +121,15 @@ impl Prepared {
         Ok((out, err))
     }
 
-    /// Hands the output files to the target user and group. The pidfile and lockfile stay the
-    /// launching user's (design section 6): the daemon keeps its fds and needs no write access.
-    pub(crate) fn chown_outputs(&self) -> Result<(), DaemonizeError> {
-        chown_outputs(&self.config, self.identity.as_ref())
-    }
-
     /// The child's plan: stdio, pidfile, inherited fds, identity. `exec` is filled by the caller.
     pub(crate) fn plan(&self, report: Option<&OwnedFd>, inherit_extra: &[i32], drop_ids: bool) -> ChildPlan {
         let null = self.devnull.as_raw_fd();
         let inherited = |f: &Option<File>, fallback: i32| f.as_ref().map_or(fallback, |f| f.as_raw_fd());
         let keep_stdio = if self.config.foreground { -1 } else { null };
+        // The read-only fds that hold the locks: all the program gets of them.
         let mut inherit: Vec<i32> = Vec::new();
-        inherit.extend(self.lockfile.as_ref().map(|f| f.as_raw_fd()));
-        if self.config.lock {
-            inherit.extend(self.pidfile.as_ref().map(|f| f.as_raw_fd()));
-        }
+        inherit.extend(self.lockfile.as_ref().and_then(Guard::lock_fd).map(|f| f.as_raw_fd()));
+        inherit.extend(self.pidfile.as_ref().and_then(Guard::lock_fd).map(|f| f.as_raw_fd()));
         inherit.extend_from_slice(&self.config.keep_fds);
         inherit.extend_from_slice(inherit_extra);
         let mut plan = ChildPlan {
@@ -183,7 +138,7 @@ impl Prepared {
             chdir: self.config.chdir.as_ref().map(|d| cstring(d.as_os_str().as_bytes())),
             // In the foreground stdin stays the caller's (`echo cmd | conjure -f -- sh`).
             stdio: [keep_stdio, inherited(&self.stdout, keep_stdio), inherited(&self.stderr, keep_stdio)],
-            pidfile: self.pidfile.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            pidfile: self.pidfile.as_ref().and_then(Guard::write_fd).map_or(-1, |f| f.as_raw_fd()),
             inherit,
             moves: Vec::new(),
             keep: Vec::new(),
@@ -217,6 +172,10 @@ impl Prepared {
             Stage::Setgroups => denied("setgroups".into()),
             Stage::Setgid => denied(format!("setgid({})", ids.1)),
             Stage::Setuid => denied(format!("setuid({})", ids.0)),
+            Stage::Identity => DaemonizeError::PermissionDenied(format!(
+                "privilege drop to uid {} gid {} did not stick: the group or supplementary groups differ afterwards",
+                ids.0, ids.1
+            )),
             Stage::RegainedRoot => DaemonizeError::PermissionDenied(format!(
                 "privilege drop to uid {} did not stick: setuid(0) succeeded afterwards",
                 ids.0
@@ -245,46 +204,28 @@ impl Prepared {
     /// Removes the pidfile (or its temporary file) after a failed start; the launcher still
     /// holds the lock.
     pub(crate) fn remove_pidfile(&self) {
-        let path = self.pidfile_temp.as_ref().or(self.config.pidfile.as_ref());
-        if let (Some(path), Some(file)) = (path, &self.pidfile) {
-            pidfile::remove(path, file);
+        if let Some(guard) = &self.pidfile {
+            guard.remove();
         }
     }
 
     /// The pidfile sink's moment: renames the temporary pidfile over the pidfile, unless another
     /// instance locked that one in the meantime.
     pub(crate) fn publish_pidfile(&mut self) -> Result<(), DaemonizeError> {
-        let (Some(temp), Some(path)) = (&self.pidfile_temp, &self.config.pidfile) else { return Ok(()) };
-        pidfile::publish(temp, path)?;
-        self.pidfile_temp = None;
-        Ok(())
+        match &mut self.pidfile {
+            Some(guard) => guard.publish(),
+            None => Ok(()),
+        }
     }
 
     /// Writes this process's own pid into the locked pidfile (resident mode: conjure is the main
     /// process the supervisor should signal).
     pub(crate) fn write_own_pid(&self) -> Result<(), DaemonizeError> {
-        use std::os::unix::fs::FileExt;
-        let (Some(file), Some(path)) = (&self.pidfile, &self.config.pidfile) else { return Ok(()) };
-        let line = format!("{}\n", std::process::id());
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(line.as_bytes(), 0))
-            .map_err(|source| DaemonizeError::PidfileError { path: path.clone(), source })
+        match &self.pidfile {
+            Some(guard) => guard.write_pid(std::process::id()),
+            None => Ok(()),
+        }
     }
-}
-
-/// Chowns the output files of `config` to `identity`.
-pub(crate) fn chown_outputs(config: &DaemonConfig, identity: Option<&Identity>) -> Result<(), DaemonizeError> {
-    let Some(id) = identity else { return Ok(()) };
-    for path in [&config.stdout, &config.stderr].into_iter().flatten() {
-        nix::unistd::chown(
-            path.as_path(),
-            Some(nix::unistd::Uid::from_raw(id.ids.uid)),
-            Some(nix::unistd::Gid::from_raw(id.ids.gid)),
-        )
-        .map_err(|e| DaemonizeError::ChownError { path: path.clone(), source: e.into() })?;
-        tracing::debug!(path = %path.display(), uid = id.ids.uid, gid = id.ids.gid, "output file chowned");
-    }
-    Ok(())
 }
 
 /// A C string from bytes already checked for NUL by validation.
@@ -335,7 +276,7 @@ pub(crate) fn daemonize_with(
 ) -> Result<DaemonContext, DaemonizeError> {
     let mode = if config.readiness == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
     crate::readiness::sink::validate(config.readiness)?;
-    let prepared = Prepared::new(config, Chown::Later, mode)?;
+    let prepared = Prepared::new(config, mode)?;
     // The s6 notification fd belongs to the daemon, which writes it when ready.
     let sink_fd: Vec<i32> = match config.readiness {
         Sink::Fd(n) => vec![n],
@@ -424,7 +365,10 @@ impl Prepared {
         for (key, value) in &self.config.env {
             sys::set_env(one_thread, key, value);
         }
-        let Prepared { config, identity, lockfile, pidfile, devnull, stdout, stderr, pidfile_temp } = self;
+        let Prepared { config, identity, lockfile, mut pidfile, devnull, stdout, stderr } = self;
+        if let Some(guard) = pidfile.as_mut() {
+            guard.close_write();
+        }
         if config.close_fds {
             std::mem::forget(devnull);
             std::mem::forget(stdout);
@@ -437,7 +381,6 @@ impl Prepared {
             report,
             pidfile,
             lockfile,
-            pidfile_temp,
             notified: false,
             signal_ids: Vec::new(),
         }

@@ -1,21 +1,30 @@
-//! Pidfiles and lockfiles: opened without following links, locked with `flock`, written
-//! through the locked fd, removed only by whoever holds the lock.
+//! Pidfiles and lockfiles: [`Guard`], the one owner of a pidfile from the moment it is locked
+//! until it is published or removed.
 //!
 //! The lock, not the file, says whether a daemon runs: a file can outlive its daemon (SIGKILL,
 //! a crash), but the kernel drops a `flock` with the last fd of the open file description. So
 //! a stale pidfile never blocks a start, and `stop` never signals a pid whose file is unlocked.
 //!
-//! One race needs care: a daemon that stops unlinks its pidfile while a new launcher may
-//! already have opened that same inode and be waiting to lock it. The new launcher would then
-//! lock a file that no longer has a name, and a third launcher could create and lock a fresh
-//! one: two daemons. So after locking, [`acquire`] checks that the path still names the inode it
-//! locked, and starts over when it does not.
+//! What conjure trusts and what it hands out:
+//! - The file is opened without following links and must be a regular file; a pidfile must be
+//!   owned by the launching user or root, and be empty or hold one pid. Anything else (a typo
+//!   naming `/etc/app.conf`, a FIFO, a file another user planted) is refused and left exactly
+//!   as it was.
+//! - The lock is held by a *read-only* open file description: that fd is the one thing the
+//!   program inherits, so the lock lives exactly as long as the program, and a daemon running
+//!   as another user (`-u`) cannot rewrite the root-owned pidfile to name another process.
+//!   conjure writes the pid through a separate read-write fd that never leaves it.
+//! - One race needs care: a daemon that stops unlinks its pidfile while a new launcher may
+//!   already have opened that same inode and be waiting to lock it. The new launcher would then
+//!   lock a file that no longer has a name, and a third could create and lock a fresh one: two
+//!   daemons. So after locking, [`Guard::acquire`] checks that the path still names the inode it
+//!   locked, and starts over when it does not.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::error::DaemonizeError;
 use crate::sys;
@@ -37,65 +46,237 @@ impl Role {
     }
 }
 
-fn open_no_follow(path: &Path, write: bool) -> io::Result<File> {
-    let file = OpenOptions::new()
+/// The most a pidfile holds: a pid in decimal, a newline, and some slack for whitespace.
+const MAX_PIDFILE: usize = 32;
+
+/// What a file that may be a pidfile holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// Nothing (a pidfile being written, or created and never written).
+    Empty,
+    /// One pid (greater than 0), as decimal digits, with optional surrounding whitespace.
+    Pid(i32),
+    /// Anything else: not a pidfile.
+    Other,
+}
+
+/// Reads what a pidfile holds, from its first bytes (at most [`MAX_PIDFILE`] + 1 are needed).
+pub(crate) fn parse(bytes: &[u8]) -> Content {
+    if bytes.len() > MAX_PIDFILE {
+        return Content::Other;
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t.trim_matches(|c: char| c.is_ascii_whitespace()),
+        Err(_) => return Content::Other,
+    };
+    if text.is_empty() {
+        return Content::Empty;
+    }
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Content::Other;
+    }
+    match text.parse::<i32>() {
+        Ok(pid) if pid > 0 => Content::Pid(pid),
+        _ => Content::Other,
+    }
+}
+
+/// Reads the content of an open pidfile.
+fn read_content(file: &File) -> io::Result<Content> {
+    let mut buf = [0u8; MAX_PIDFILE + 1];
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(parse(&buf[..n]))
+}
+
+/// Why a file is not one conjure may treat as a pidfile, or `None` when it may.
+fn not_a_pidfile(meta: &std::fs::Metadata, content: Option<Content>) -> Option<String> {
+    if !meta.is_file() {
+        return Some("not a regular file".into());
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid && meta.uid() != 0 {
+        return Some(format!("owned by uid {}, neither root nor the launching user (uid {euid})", meta.uid()));
+    }
+    if content == Some(Content::Other) {
+        return Some("it holds something other than a pid: not a pidfile".into());
+    }
+    None
+}
+
+fn refused(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Opens `path` read-only without following a final symlink, creating it with `create`.
+/// Non-blocking, so that a FIFO planted at the path cannot hang the launcher in `open()`.
+fn open_read_only(path: &Path, create: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY);
+    if create {
+        // std refuses create without write access; O_CREAT with O_RDONLY is what is meant.
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CREAT)
+            .mode(0o644);
+    }
+    opts.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => refused("it is a symbolic link".into()),
+        _ => e,
+    })
+}
+
+/// A second, read-write open file description of the file open as `file`: through
+/// `/proc/self/fd` (no path lookup at all), else through `path` checked to be the same inode.
+fn reopen_read_write(file: &File, path: &Path) -> io::Result<File> {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let rw = match OpenOptions::new()
         .read(true)
-        .write(write)
-        .create(write)
-        .mode(0o644)
-        // O_NONBLOCK: a FIFO planted at the path must not hang the launcher in open().
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
+        .write(true)
+        .custom_flags(flags)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    {
+        Ok(f) => f,
+        Err(_) => OpenOptions::new().read(true).write(true).custom_flags(flags | libc::O_NOFOLLOW).open(path)?,
+    };
+    let (a, b) = (file.metadata()?, rw.metadata()?);
+    if a.dev() != b.dev() || a.ino() != b.ino() {
+        return Err(refused("the file was replaced while opening it".into()));
     }
-    Ok(file)
+    Ok(rw)
 }
 
-/// Opens (creating it) and locks the file at `path`. With `lock == false` it is only opened.
-pub(crate) fn acquire(path: &Path, role: Role, lock: bool) -> Result<File, DaemonizeError> {
-    for _ in 0..100 {
-        let file = open_no_follow(path, true).map_err(|e| role.error(path, e))?;
-        if !lock {
-            return Ok(file);
+/// A locked pidfile or lockfile, owned by conjure.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    role: Role,
+    /// Where the file is published (the pidfile's path).
+    path: PathBuf,
+    /// The pidfile sink: the temporary name the file has until it is published.
+    temp: Option<PathBuf>,
+    /// Read-only; holds the lock; the one fd the program inherits (none with `--no-lock`).
+    lock: Option<File>,
+    /// Read-write, close-on-exec, never handed out: how conjure writes the pid (pidfiles only).
+    write: Option<File>,
+}
+
+impl Guard {
+    /// Opens (creating it) and, with `lock`, locks the file at `path`. A pidfile must be a
+    /// regular file owned by the launching user or root, and empty or hold a pid; a lockfile
+    /// must be a regular file. With `temp` (the pidfile sink), the file is made under that
+    /// name and renamed to `path` by [`publish`](Self::publish).
+    pub(crate) fn acquire(path: &Path, role: Role, lock: bool, temp: Option<PathBuf>) -> Result<Guard, DaemonizeError> {
+        let at = temp.as_deref().unwrap_or(path);
+        for _ in 0..100 {
+            let file = open_read_only(at, true).map_err(|e| role.error(at, e))?;
+            let meta = file.metadata().map_err(|e| role.error(at, e))?;
+            let why = match role {
+                Role::Pidfile => not_a_pidfile(&meta, None),
+                Role::Lockfile => (!meta.is_file()).then(|| "not a regular file".to_string()),
+            };
+            if let Some(why) = why {
+                return Err(role.error(at, refused(why)));
+            }
+            if lock && !sys::try_lock(file.as_fd()).map_err(|e| role.error(at, e))? {
+                let pid = match read_content(&file) {
+                    Ok(Content::Pid(p)) => Some(p),
+                    _ => None,
+                };
+                return Err(DaemonizeError::LockConflict { path: at.to_path_buf(), pid });
+            }
+            if !names_same_inode(at, &file) {
+                tracing::debug!(path = %at.display(), "locked file was replaced while locking; retrying");
+                continue;
+            }
+            let write = match role {
+                Role::Lockfile => None,
+                Role::Pidfile => {
+                    // Checked under the lock, so that a live daemon is not caught mid-write.
+                    let content = read_content(&file).map_err(|e| role.error(at, e))?;
+                    if let Some(why) = not_a_pidfile(&meta, Some(content)) {
+                        return Err(role.error(at, refused(why)));
+                    }
+                    Some(reopen_read_write(&file, at).map_err(|e| role.error(at, e))?)
+                }
+            };
+            tracing::debug!(path = %at.display(), ?role, lock, "opened");
+            return Ok(Guard { role, path: path.to_path_buf(), temp, lock: lock.then_some(file), write });
         }
-        if !sys::try_lock(file.as_fd()).map_err(|e| role.error(path, e))? {
-            return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid: read_pid(path).ok().flatten() });
+        Err(role.error(at, io::Error::other("the file kept being replaced while locking it")))
+    }
+
+    /// The pidfile sink's temporary name for `path`: in the same directory (so the rename is
+    /// atomic), hidden, unique to this launcher, and short whatever the pidfile's own name.
+    pub(crate) fn temp_path(path: &Path) -> PathBuf {
+        path.with_file_name(format!(".conjure-{}.pid.tmp", std::process::id()))
+    }
+
+    /// The fd that holds the lock, which the program inherits (read-only).
+    pub(crate) fn lock_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.lock.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The read-write fd the child writes its pid through (close-on-exec: it never reaches the
+    /// program).
+    pub(crate) fn write_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.write.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Closes the read-write fd (the library's daemon, once set up, keeps only the lock): a
+    /// daemon that drops privileges can then not rewrite its root-owned pidfile.
+    pub(crate) fn close_write(&mut self) {
+        if self.lock.is_some() {
+            self.write = None;
         }
-        if names_same_inode(path, &file) {
-            return Ok(file);
+    }
+
+    fn file(&self) -> Option<&File> {
+        self.write.as_ref().or(self.lock.as_ref())
+    }
+
+    /// Writes `pid` and a newline, replacing what the file held.
+    pub(crate) fn write_pid(&self, pid: u32) -> Result<(), DaemonizeError> {
+        let Some(file) = &self.write else { return Ok(()) };
+        let line = format!("{pid}\n");
+        file.set_len(0)
+            .and_then(|()| file.write_all_at(line.as_bytes(), 0))
+            .map_err(|source| DaemonizeError::PidfileError { path: self.path.clone(), source })
+    }
+
+    /// The pidfile sink's moment: renames the temporary file over the pidfile, unless another
+    /// instance holds the pidfile's lock by now, or what is there is not a pidfile.
+    pub(crate) fn publish(&mut self) -> Result<(), DaemonizeError> {
+        let Some(temp) = &self.temp else { return Ok(()) };
+        match inspect(&self.path) {
+            Ok(Some(found)) if found.locked => {
+                return Err(DaemonizeError::LockConflict { path: self.path.clone(), pid: found.pid });
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(self.role.error(&self.path, e)),
+            _ => {}
         }
-        tracing::debug!(path = %path.display(), "locked file was replaced while locking; retrying");
+        std::fs::rename(temp, &self.path).map_err(|source| self.role.error(&self.path, source))?;
+        tracing::debug!(path = %self.path.display(), "pidfile published");
+        self.temp = None;
+        Ok(())
     }
-    Err(role.error(path, io::Error::other("the file kept being replaced while locking it")))
-}
 
-/// Locks an existing file without creating it, for removing a stale pidfile.
-pub(crate) fn acquire_existing(path: &Path, role: Role) -> Result<File, DaemonizeError> {
-    let file = open_no_follow(path, false).map_err(|e| role.error(path, e))?;
-    if sys::try_lock(file.as_fd()).map_err(|e| role.error(path, e))? && names_same_inode(path, &file) {
-        Ok(file)
-    } else {
-        Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid: None })
+    /// Unlinks the file (under its temporary name, if not yet published) if its path still
+    /// names the file this guard holds. Best effort: a failure is logged.
+    pub(crate) fn remove(&self) {
+        let at = self.temp.as_deref().unwrap_or(&self.path);
+        let Some(file) = self.file() else { return };
+        if names_same_inode(at, file) {
+            match std::fs::remove_file(at) {
+                Ok(()) => tracing::debug!(path = %at.display(), "removed"),
+                Err(e) => tracing::debug!(path = %at.display(), error = %e, "cannot remove"),
+            }
+        }
     }
-}
-
-/// The temporary name of the pidfile sink's pidfile: in the same directory (so the rename is
-/// atomic), hidden, and unique to this launcher.
-pub(crate) fn temp_path(path: &Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.conjure-{}", std::process::id()))
-}
-
-/// The pidfile sink's moment: renames the locked temporary pidfile `temp` over `path`, unless
-/// another instance holds `path`'s lock by now.
-pub(crate) fn publish(temp: &Path, path: &Path) -> Result<(), DaemonizeError> {
-    if let Ok(Probe::Locked(pid)) = probe(path) {
-        return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid });
-    }
-    std::fs::rename(temp, path).map_err(|source| DaemonizeError::PidfileError { path: path.to_path_buf(), source })?;
-    tracing::debug!(path = %path.display(), "pidfile published");
-    Ok(())
 }
 
 /// Whether `path` (not followed) still names the file open as `file`.
@@ -106,42 +287,80 @@ pub(crate) fn names_same_inode(path: &Path, file: &File) -> bool {
     }
 }
 
-/// Unlinks `path` if it still names `file` (whose lock the caller holds). Best effort.
-pub(crate) fn remove(path: &Path, file: &File) {
-    if names_same_inode(path, file) {
-        match std::fs::remove_file(path) {
-            Ok(()) => tracing::debug!(path = %path.display(), "removed pidfile"),
-            Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot remove pidfile"),
-        }
-    }
+/// What a pidfile says about its daemon, looked at without disturbing its owner: the lock is
+/// tested with a shared, non-blocking `flock` that is dropped at once.
+#[derive(Debug)]
+pub(crate) struct Inspection {
+    /// The pid it names.
+    pub pid: Option<i32>,
+    /// Whether somebody holds its lock.
+    pub locked: bool,
+    /// The file, open read-only.
+    pub file: File,
 }
 
-/// Reads the pid a pidfile names: `Ok(None)` when it exists but holds no valid pid.
-pub(crate) fn read_pid(path: &Path) -> io::Result<Option<i32>> {
-    let mut text = String::new();
-    open_no_follow(path, false)?.take(64).read_to_string(&mut text)?;
-    Ok(text.trim().parse::<i32>().ok().filter(|p| *p > 0))
-}
-
-/// What a pidfile says about its daemon.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// No file at the path.
-    Missing,
-    /// The file exists and nobody holds its lock.
-    Unlocked(Option<i32>),
-    /// Somebody holds the lock; the pid the file names.
-    Locked(Option<i32>),
-}
-
-/// Looks at a pidfile without disturbing its owner: the lock is tested with a shared,
-/// non-blocking `flock` that is dropped at once.
-pub(crate) fn probe(path: &Path) -> io::Result<Probe> {
-    let file = match open_no_follow(path, false) {
+/// Looks at the pidfile at `path`: `Ok(None)` when there is none; an `InvalidData` error when
+/// what is there is not a pidfile (not a regular file, another user's, not holding a pid).
+pub(crate) fn inspect(path: &Path) -> io::Result<Option<Inspection>> {
+    let file = match open_read_only(path, false) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Probe::Missing),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let pid = read_pid(path).unwrap_or(None);
-    if sys::lock_is_held(file.as_fd())? { Ok(Probe::Locked(pid)) } else { Ok(Probe::Unlocked(pid)) }
+    let meta = file.metadata()?;
+    let content = if meta.is_file() { Some(read_content(&file)?) } else { None };
+    if let Some(why) = not_a_pidfile(&meta, content) {
+        return Err(refused(why));
+    }
+    let locked = sys::lock_is_held(file.as_fd())?;
+    let pid = match content {
+        Some(Content::Pid(p)) => Some(p),
+        _ => None,
+    };
+    Ok(Some(Inspection { pid, locked, file }))
+}
+
+/// Removes a pidfile nobody holds a lock on, taking the lock first so that a daemon starting
+/// at this moment either keeps its file or has not locked it yet. Only a pidfile is removed.
+pub(crate) fn remove_stale(path: &Path) -> Result<(), DaemonizeError> {
+    let file = open_read_only(path, false).map_err(|e| Role::Pidfile.error(path, e))?;
+    let meta = file.metadata().map_err(|e| Role::Pidfile.error(path, e))?;
+    let content = read_content(&file).map_err(|e| Role::Pidfile.error(path, e))?;
+    if let Some(why) = not_a_pidfile(&meta, Some(content)) {
+        return Err(Role::Pidfile.error(path, refused(why)));
+    }
+    if !sys::try_lock(file.as_fd()).map_err(|e| Role::Pidfile.error(path, e))? || !names_same_inode(path, &file) {
+        return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid: None });
+    }
+    std::fs::remove_file(path).map_err(|source| DaemonizeError::PidfileError { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_pid_is_a_pidfile() {
+        assert_eq!(parse(b""), Content::Empty);
+        assert_eq!(parse(b"\n"), Content::Empty);
+        assert_eq!(parse(b"42\n"), Content::Pid(42));
+        assert_eq!(parse(b"42"), Content::Pid(42));
+        assert_eq!(parse(b" 42 \n"), Content::Pid(42));
+        assert_eq!(parse(b"0\n"), Content::Other, "0 is no pid: kill(0) would signal conjure's own group");
+        assert_eq!(parse(b"-1\n"), Content::Other);
+        assert_eq!(parse(b"+42\n"), Content::Other);
+        assert_eq!(parse(b"42 43\n"), Content::Other);
+        assert_eq!(parse(b"99999999999\n"), Content::Other);
+        assert_eq!(parse(b"[server]\nport = 80\n"), Content::Other);
+        assert_eq!(parse(b"\xff\n"), Content::Other);
+        assert_eq!(parse(&[b'1'; MAX_PIDFILE + 1]), Content::Other);
+    }
+
+    #[test]
+    fn the_temporary_name_is_short_whatever_the_pidfile_is_called() {
+        let long = "x".repeat(250);
+        let t = Guard::temp_path(&Path::new("/run").join(&long));
+        assert!(t.file_name().unwrap().len() < 40);
+        assert_eq!(t.parent(), Some(Path::new("/run")));
+    }
 }

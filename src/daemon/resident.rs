@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 
 use crate::daemon::Prepared;
 use crate::daemon::launcher::{Outcome, Subreaper, abort, report_pipe, until_ready};
-use crate::daemon::watch::{Event, Received, Signals, Watch, self_inflicted};
+use crate::daemon::watch::{Event, Received, Signals, Watch};
 use crate::error::DaemonizeError;
 use crate::process::Process;
 use crate::readiness::notify::{self, NotifyHost};
@@ -168,10 +168,6 @@ impl Forwarder<'_> {
 
     /// Forwards a signal conjure received to the program (or its group), rewritten if asked.
     fn forward(&mut self, watch: &Watch, r: Received) {
-        if self_inflicted(&r) {
-            tracing::debug!(signal = r.signo, "not forwarding a signal conjure caused itself");
-            return;
-        }
         let signal = self.rewrite.iter().find(|(from, _)| *from == r.signo).map_or(r.signo, |(_, to)| *to);
         if signal == libc::SIGCONT {
             // `fg` (or `bg`): hand the terminal back to the program if conjure is in front.

@@ -251,7 +251,9 @@ impl Watch {
     pub(crate) fn discard_signals(&mut self) {
         if let Some(signals) = self.signals.as_ref() {
             while let Some(r) = signals.read() {
-                tracing::debug!(signal = r.signo, "signal arrived after the wait; dropped");
+                if !self_inflicted(&r) {
+                    tracing::debug!(signal = r.signo, "signal arrived after the wait; dropped");
+                }
             }
         }
     }
@@ -453,9 +455,11 @@ impl Watch {
         while let Some(r) = signals.read() {
             if r.signo == libc::SIGCHLD {
                 child = true;
-            } else {
+            } else if !self_inflicted(&r) {
                 self.queue.push_back(Event::Signal(r));
             }
+            // A signal conjure caused itself (SIGPIPE from a log line written to a closed
+            // stderr) is dropped without a word: logging it would cause the next one.
         }
         child
     }
@@ -493,8 +497,8 @@ fn read_error(source: io::Error) -> DaemonizeError {
     DaemonizeError::SystemError { call: "read from the report pipe", source }
 }
 
-/// Forwards nothing to itself: whether a signal conjure received came from conjure itself
-/// (a SIGPIPE from a write to a closed stderr, say), which must never reach the program.
-pub(crate) fn self_inflicted(r: &Received) -> bool {
+/// Whether a signal conjure received came from conjure itself (a SIGPIPE from a write to a
+/// closed stderr, say): such a signal never reaches the program.
+fn self_inflicted(r: &Received) -> bool {
     r.code <= 0 && r.pid == std::process::id() as i32
 }

@@ -41,6 +41,8 @@ pub(crate) struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// When it started, in clock ticks since boot.
+    pub start_ticks: u64,
 }
 
 impl Stat {
@@ -62,7 +64,10 @@ fn parse_stat(pid: i32, bytes: &[u8]) -> Option<Stat> {
     let mut rest = std::str::from_utf8(&bytes[close + 1..]).ok()?.split_ascii_whitespace();
     let state = rest.next()?.chars().next()?;
     let mut num = || rest.next()?.parse::<i32>().ok();
-    Some(Stat { pid, state, ppid: num()?, pgrp: num()?, session: num()? })
+    let (ppid, pgrp, session) = (num()?, num()?, num()?);
+    // Fields 7 to 21 (tty_nr … itrealvalue), then starttime.
+    let start_ticks = rest.nth(15).and_then(|t| t.parse().ok()).unwrap_or(0);
+    Some(Stat { pid, state, ppid, pgrp, session, start_ticks })
 }
 
 /// Every process in `/proc`, with its place in the tree.
@@ -398,7 +403,9 @@ mod tests {
     #[test]
     fn stat_is_read_after_the_last_parenthesis() {
         let s = parse_stat(7, b"7 (a) b) (c) S 1 7 7 0 -1").unwrap();
-        assert_eq!(s, Stat { pid: 7, state: 'S', ppid: 1, pgrp: 7, session: 7 });
+        assert_eq!(s, Stat { pid: 7, state: 'S', ppid: 1, pgrp: 7, session: 7, start_ticks: 0 });
+        let line = b"7 (x) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 123456 100 1";
+        assert_eq!(parse_stat(7, line).unwrap().start_ticks, 123456);
         assert!(parse_stat(7, b"7 (x) Z").is_none());
         assert!(parse_stat(7, b"garbage").is_none());
         assert!(parse_stat(7, b"7 (x) Z 1 2 3").unwrap().dead());

@@ -30,6 +30,7 @@ pub(crate) enum Stage {
     Exec = 11,
     Fds = 12,
     ProcessGroup = 13,
+    Identity = 14,
 }
 
 impl Stage {
@@ -71,7 +72,17 @@ pub(super) fn fail(stage: Stage) -> Failure {
 pub(crate) struct Ids {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+    /// Supplementary groups, sorted and without duplicates (as the kernel reports them back).
     pub groups: Vec<libc::gid_t>,
+}
+
+impl Ids {
+    /// `uid`, `gid` and the supplementary `groups` in the kernel's order.
+    pub(crate) fn new(uid: libc::uid_t, gid: libc::gid_t, mut groups: Vec<libc::gid_t>) -> Ids {
+        groups.sort_unstable();
+        groups.dedup();
+        Ids { uid, gid, groups }
+    }
 }
 
 /// What to exec: every pointer array built before the fork.
@@ -398,6 +409,9 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         if ids.uid != 0 && (unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != ids.uid) {
             return Err(Failure { stage: Stage::RegainedRoot, errno: libc::EPERM });
         }
+        if !identity_is(ids) {
+            return Err(Failure { stage: Stage::Identity, errno: libc::EPERM });
+        }
     }
     if plan.close_fds {
         close_all_but(&plan.keep)?;
@@ -406,6 +420,25 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         clear_cloexec(fd)?;
     }
     Ok(())
+}
+
+/// Whether the calling process now has exactly the group and supplementary groups of `ids`
+/// (`ids.groups` sorted and without duplicates, as the kernel keeps them). Async-signal-safe:
+/// a stack buffer; beyond its size only the number of groups is compared.
+fn identity_is(ids: &Ids) -> bool {
+    // SAFETY: getgid and getegid cannot fail.
+    if unsafe { libc::getgid() } != ids.gid || unsafe { libc::getegid() } != ids.gid {
+        return false;
+    }
+    let mut buf = [0 as libc::gid_t; 256];
+    // SAFETY: the buffer holds 256 entries, as the call is told.
+    let n = unsafe { libc::getgroups(buf.len() as libc::c_int, buf.as_mut_ptr()) };
+    if n < 0 {
+        // More than fit: compare the count alone.
+        // SAFETY: size 0 asks for the count only.
+        return unsafe { libc::getgroups(0, std::ptr::null_mut()) } as usize == ids.groups.len();
+    }
+    buf.get(..n as usize).is_some_and(|got| got == ids.groups.as_slice())
 }
 
 /// Fills the pid slots of the environment and execs. Returns only on failure.

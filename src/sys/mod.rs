@@ -24,12 +24,14 @@ use std::io;
 use crate::error::DaemonizeError;
 
 mod child;
+mod creds;
 mod fds;
 mod pids;
 mod signals;
 
 pub(crate) use child::{ChildPlan, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
 use child::{exec, fail, report_failure, setup};
+pub(crate) use creds::with_fs_identity;
 pub(crate) use fds::*;
 pub(crate) use pids::*;
 pub(crate) use signals::*;
