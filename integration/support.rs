@@ -649,3 +649,18 @@ macro_rules! argv {
         vec![$(::std::ffi::OsString::from(::std::convert::AsRef::<::std::ffi::OsStr>::as_ref(&$x))),*]
     };
 }
+
+/// The `cargo` that runs this test (`$CARGO`), or the one on `PATH`. When there is none, says
+/// `SKIPPED` (and fails under `CI=true`) and returns `None`.
+pub fn cargo_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("CARGO").map(PathBuf::from).filter(|p| p.is_file()).or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path).map(|d| d.join("cargo")).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "`cargo` is not found, and CI=true requires it");
+        let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
+        eprintln!("SKIPPED: {name}: `cargo` not found (neither $CARGO nor on PATH)");
+    }
+    found
+}
