@@ -50,6 +50,9 @@ Set CONJURE_LOG=debug (or pass -v) to trace every step on stderr.";
     override_usage = "conjure [OPTIONS] -- PROGRAM [ARGS]...\n       conjure stop -p PIDFILE [--signal SIG] [--timeout DUR]\n       conjure status -p PIDFILE"
 )]
 pub struct Cli {
+    /// Trace each step on stderr (also CONJURE_LOG=debug); accepted before or after a subcommand.
+    #[arg(short = 'v', long = "verbose", global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -69,18 +72,12 @@ pub enum Command {
         /// How long to wait before SIGKILL.
         #[arg(long, value_name = "DUR", default_value = "10s", value_parser = conjure::parse_duration)]
         timeout: Duration,
-        /// Trace each step on stderr.
-        #[arg(short, long)]
-        verbose: bool,
     },
     /// Report whether the daemon runs (LSB codes: 0 running, 1 dead, 3 not running, 4 unknown).
     Status {
         /// The daemon's pidfile.
         #[arg(short = 'p', long = "pidfile", value_name = "PATH")]
         pidfile: PathBuf,
-        /// Trace each step on stderr.
-        #[arg(short, long)]
-        verbose: bool,
     },
 }
 
@@ -147,9 +144,6 @@ pub struct Start {
     /// Set an environment variable (repeatable).
     #[arg(short = 'E', long = "env", value_name = "NAME=VAL", value_parser = parse_env)]
     pub env: Vec<(OsString, OsString)>,
-    /// Trace each step on stderr.
-    #[arg(short = 'v', long = "verbose")]
-    pub verbose: bool,
     /// The program and its arguments.
     #[arg(value_name = "PROGRAM", required = true, trailing_var_arg = true)]
     pub command: Vec<OsString>,

@@ -20,7 +20,7 @@ fn init_tracing(verbose: bool) {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(subcommand_first(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version.
@@ -28,37 +28,30 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line, like every other failure: clap's first line, without its "error: ".
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("conjure: {} (see `conjure --help`)", first.trim_start_matches("error: "));
+            eprintln!("conjure: {} (see `conjure --help`)", usage_error(&e));
             return ExitCode::from(exit::USAGE as u8);
         }
     };
+    init_tracing(cli.verbose);
     let code = match cli.command {
-        Some(Command::Status { pidfile, verbose }) => {
-            init_tracing(verbose);
+        Some(Command::Status { pidfile }) => {
             let status = control::status(&pidfile);
             println!("{}: {status}", pidfile.display());
             status.code()
         }
-        Some(Command::Stop { pidfile, signal, timeout, verbose }) => {
-            init_tracing(verbose);
-            match control::stop(&pidfile, signal, timeout) {
-                Ok(Stopped::NotRunning) => {
-                    println!("{}: not running", pidfile.display());
-                    0
-                }
-                Ok(Stopped::Stopped { pid, killed }) => {
-                    let how = if killed { " (killed after the timeout)" } else { "" };
-                    println!("{}: stopped pid {pid}{how}", pidfile.display());
-                    0
-                }
-                Err(err) => report(&err),
+        Some(Command::Stop { pidfile, signal, timeout }) => match control::stop(&pidfile, signal, timeout) {
+            Ok(Stopped::NotRunning) => {
+                println!("{}: not running", pidfile.display());
+                0
             }
-        }
+            Ok(Stopped::Stopped { pid, killed }) => {
+                let how = if killed { " (killed after the timeout)" } else { "" };
+                println!("{}: stopped pid {pid}{how}", pidfile.display());
+                0
+            }
+            Err(err) => report(&err),
+        },
         None => {
-            init_tracing(cli.start.verbose);
             match start(cli.start) {
                 Ok(Outcome::Ready { .. } | Outcome::Detached { .. }) => 0,
                 Ok(Outcome::Exited(code)) => code,
@@ -76,6 +69,48 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// clap's usage error on one line, like every other failure, with all its content: the
+/// message, the missing arguments it lists and its tips ("a similar argument exists"), without
+/// the usage block and the "For more information" line (`--help` is named by the caller).
+/// Lines that end in `:` run on into the next with a space; other lines are joined by `; `.
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for part in text.lines().map(str::trim) {
+        if part.starts_with("Usage:") || part.starts_with("For more information") {
+            break;
+        }
+        if part.is_empty() {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(part.strip_prefix("error: ").unwrap_or(part));
+    }
+    if line.is_empty() { "invalid arguments".to_string() } else { line }
+}
+
+/// `-v` is global, but clap counts a flag before a subcommand's name as an argument of the
+/// start command, after which (`args_conflicts_with_subcommands`) `stop` would be taken for the
+/// program to run. So global flags in front of a subcommand's name move behind it:
+/// `conjure -v stop -p P` parses as `conjure stop -v -p P`. Nothing after the name moves.
+fn subcommand_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_global = |a: &std::ffi::OsString| a == "-v" || a == "--verbose";
+    let globals = args.iter().skip(1).take_while(|a| is_global(a)).count();
+    let Some(name) = args.get(1 + globals) else {
+        return args;
+    };
+    let is_subcommand = name.to_str().is_some_and(|n| {
+        use clap::CommandFactory as _;
+        Cli::command().get_subcommands().any(|s| s.get_name() == n && n != "help")
+    });
+    if globals > 0 && is_subcommand {
+        args[1..=1 + globals].rotate_right(1);
+    }
+    args
 }
 
 fn report(err: &DaemonizeError) -> i32 {
