@@ -15,6 +15,7 @@ mod control;
 mod errors;
 mod initscript;
 mod library;
+mod logging;
 mod readiness;
 mod systemd;
 mod tidy;

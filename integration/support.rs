@@ -386,6 +386,7 @@ pub fn sigbit(sig: i32) -> u64 {
 pub struct TestCommand {
     cmd: Command,
     shown: String,
+    journal: bool,
 }
 
 /// A finished command: its status and output.
@@ -403,12 +404,17 @@ pub struct Output {
 }
 
 impl TestCommand {
-    /// `program` with no arguments yet; `CONJURE_LOG` is removed from its environment so that
-    /// a developer's setting does not change what tests see.
+    /// `program` with no arguments yet; `CONJURE_LOG` and `JOURNAL_STREAM` are removed from its
+    /// environment so that a developer's setting (or a test run under systemd) does not change
+    /// what tests see.
     pub fn new(program: impl AsRef<OsStr>) -> TestCommand {
         let mut cmd = Command::new(program.as_ref());
-        cmd.env_remove("CONJURE_LOG").env_remove("LISTEN_FDS").env_remove("LISTEN_PID").stdin(Stdio::null());
-        TestCommand { cmd, shown: program.as_ref().to_string_lossy().into_owned() }
+        cmd.env_remove("CONJURE_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null());
+        TestCommand { cmd, shown: program.as_ref().to_string_lossy().into_owned(), journal: false }
     }
 
     /// `conjure ARGS`.
@@ -445,10 +451,22 @@ impl TestCommand {
         &mut self.cmd
     }
 
+    /// Makes its stderr look like systemd's journal: `JOURNAL_STREAM` names the device and
+    /// inode of the file its stderr goes to, as systemd does for `StandardError=journal`.
+    pub fn stderr_is_journal(&mut self) -> &mut Self {
+        self.journal = true;
+        self
+    }
+
     /// Starts it without waiting.
     pub fn spawn(&mut self) -> Running {
         let out = tempfile::tempfile().expect("tempfile");
         let err = tempfile::tempfile().expect("tempfile");
+        if self.journal {
+            let meta = err.metadata().expect("fstat stderr file");
+            self.cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+            self.shown = format!("JOURNAL_STREAM=<its stderr> {}", self.shown);
+        }
         self.cmd.stdout(out.try_clone().expect("dup")).stderr(err.try_clone().expect("dup"));
         let child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.shown));
         Running { child: Some(child), out, err, shown: self.shown.clone() }

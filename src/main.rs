@@ -1,25 +1,21 @@
 //! The `conjure` command: parse arguments, set up tracing, run the library, map the outcome to
-//! an exit code. The clap definition is in `cli.rs`; everything else lives in the library.
+//! an exit code. The clap definition is in `cli.rs`, stderr and tracing in `log.rs`; everything
+//! else lives in the library.
 
 mod cli;
+mod log;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
 use cli::{Cli, Command, Start};
 use conjure::control::{self, Stopped};
 use conjure::{DaemonConfig, DaemonizeError, Launcher, Outcome, exit};
-
-fn init_tracing(verbose: bool) {
-    let filter = match std::env::var("CONJURE_LOG") {
-        Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
-        _ if verbose => tracing_subscriber::EnvFilter::new("conjure=debug"),
-        _ => return,
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).init();
-}
+use tracing::Level;
 
 fn main() -> ExitCode {
+    let journal = log::stderr_is_journal();
     let cli = match Cli::try_parse_from(subcommand_first(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -28,28 +24,28 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("conjure: {} (see `conjure --help`)", usage_error(&e));
+            log::line(journal, Level::ERROR, format_args!("conjure: {} (see `conjure --help`)", usage_error(&e)));
             return ExitCode::from(exit::USAGE as u8);
         }
     };
-    init_tracing(cli.verbose);
+    log::init(cli.verbose, journal);
     let code = match cli.command {
         Some(Command::Status { pidfile }) => {
             let status = control::status(&pidfile);
-            println!("{}: {status}", pidfile.display());
+            say(format_args!("{}: {status}", pidfile.display()));
             status.code()
         }
         Some(Command::Stop { pidfile, signal, timeout }) => match control::stop(&pidfile, signal, timeout) {
             Ok(Stopped::NotRunning) => {
-                println!("{}: not running", pidfile.display());
+                say(format_args!("{}: not running", pidfile.display()));
                 0
             }
             Ok(Stopped::Stopped { pid, killed }) => {
                 let how = if killed { " (killed after the timeout)" } else { "" };
-                println!("{}: stopped pid {pid}{how}", pidfile.display());
+                say(format_args!("{}: stopped pid {pid}{how}", pidfile.display()));
                 0
             }
-            Err(err) => report(&err),
+            Err(err) => report(journal, &err),
         },
         None => {
             match start(cli.start) {
@@ -64,7 +60,7 @@ fn main() -> ExitCode {
                     128 + signal
                 }
                 Ok(_) => 0,
-                Err(err) => report(&err),
+                Err(err) => report(journal, &err),
             }
         }
     };
@@ -100,22 +96,29 @@ fn usage_error(e: &clap::Error) -> String {
 fn subcommand_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let is_global = |a: &std::ffi::OsString| a == "-v" || a == "--verbose";
     let globals = args.iter().skip(1).take_while(|a| is_global(a)).count();
-    let Some(name) = args.get(1 + globals) else {
+    let Some(name) = args.get(1 + globals).filter(|_| globals > 0) else {
         return args;
     };
     let is_subcommand = name.to_str().is_some_and(|n| {
         use clap::CommandFactory as _;
         Cli::command().get_subcommands().any(|s| s.get_name() == n && n != "help")
     });
-    if globals > 0 && is_subcommand {
+    if is_subcommand {
         args[1..=1 + globals].rotate_right(1);
     }
     args
 }
 
-fn report(err: &DaemonizeError) -> i32 {
-    eprintln!("conjure: {err}");
+/// The one line of a failure, on stderr; returns its exit code.
+fn report(journal: bool, err: &DaemonizeError) -> i32 {
+    log::line(journal, Level::ERROR, format_args!("conjure: {err}"));
     err.exit_code()
+}
+
+/// A line of `stop`'s or `status`'s answer on stdout. A reader that went away does not change
+/// the exit code, which is the answer that counts.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 fn start(args: Start) -> Result<Outcome, DaemonizeError> {
