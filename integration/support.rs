@@ -43,18 +43,30 @@ pub fn example_bin(name: &str) -> PathBuf {
 
 /// `cargo test --test integration` builds the test and the binary but not the examples, so a
 /// helper can be older than the library it links: fail loudly instead of testing old code.
+/// The binary's own files (`src/main.rs` and the modules it declares) are not the library's,
+/// and a change there leaves the helpers as they are.
 fn assert_fresh(helper: &Path, name: &str) {
-    fn newest(dir: &Path) -> std::time::SystemTime {
+    fn newest(dir: &Path, skip: &[PathBuf]) -> std::time::SystemTime {
         let mut t = std::time::SystemTime::UNIX_EPOCH;
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
-            let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
+            if skip.contains(&p) {
+                continue;
+            }
+            let m = if p.is_dir() { newest(&p, skip) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
             t = t.max(m);
         }
         t
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest(&root.join("src")).max(
+    let main = root.join("src/main.rs");
+    let binary_only: Vec<PathBuf> = std::fs::read_to_string(&main)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';').map(|m| root.join(format!("src/{m}.rs"))))
+        .chain([main.clone()])
+        .collect();
+    let sources = newest(&root.join("src"), &binary_only).max(
         std::fs::metadata(root.join("integration/helpers").join(format!("{name}.rs")))
             .and_then(|m| m.modified())
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
@@ -679,6 +691,20 @@ pub fn cargo_bin() -> Option<PathBuf> {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "`cargo` is not found, and CI=true requires it");
         let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
         eprintln!("SKIPPED: {name}: `cargo` not found (neither $CARGO nor on PATH)");
+    }
+    found
+}
+
+/// Where a tool a test needs is installed (the sbin and bin directories, whatever this
+/// process's `PATH`: a normal user's may lack `/usr/sbin`). When it is missing, says `SKIPPED`
+/// and returns `None`; under `CI=true`, where everything must be installed, it fails instead.
+pub fn find_tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found =
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "`{tool}` is missing, and CI=true requires it");
+        let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
+        eprintln!("SKIPPED: {name}: `{tool}` not found (apt-get install {package})");
     }
     found
 }
