@@ -17,5 +17,6 @@ mod initscript;
 mod library;
 mod logging;
 mod readiness;
+mod s6;
 mod systemd;
 mod tidy;

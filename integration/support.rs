@@ -708,3 +708,8 @@ pub fn find_tool(tool: &str, package: &str) -> Option<PathBuf> {
     }
     found
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
