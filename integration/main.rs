@@ -11,6 +11,7 @@
 mod support;
 
 mod cli;
+mod containers;
 mod control;
 mod errors;
 mod initscript;

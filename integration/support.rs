@@ -713,3 +713,90 @@ pub fn find_tool(tool: &str, package: &str) -> Option<PathBuf> {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Skips (`SKIPPED: <test>: <why>`) or, under `CI=true`, fails: for what a test needs but
+/// cannot have here.
+fn skip_or_fail(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}, and CI=true requires it");
+    let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIPPED: {name}: {why}\n").as_bytes());
+}
+
+/// Runs `cargo ARGS` in the repository, once per test process for the same arguments; false
+/// (after saying why: skipped, or failed under `CI=true`) when it fails.
+fn cargo_once(args: &'static [&'static str]) -> bool {
+    use std::sync::{Mutex, OnceLock};
+    /// Each `cargo` command run so far, and how it went.
+    type Runs = BTreeMap<&'static [&'static str], Result<(), String>>;
+    static DONE: OnceLock<Mutex<Runs>> = OnceLock::new();
+    let Some(cargo) = cargo_bin() else {
+        return false;
+    };
+    let done = DONE.get_or_init(Default::default);
+    // One build at a time: cargo would serialize them anyway, and a second caller with the same
+    // arguments waits here for the first one's result.
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    let result = done.entry(args).or_insert_with(|| {
+        let out = Command::new(&cargo)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(format!("`cargo {}` failed ({}):\n{}", args.join(" "), out.status, tail.join("\n")))
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) => {
+            skip_or_fail(why);
+            false
+        }
+    }
+}
+
+/// `target/dist/` after `cargo xtask dist` (which `.ci/run` runs first). The test runs it
+/// itself, once per test process, so that the artefacts are those of the sources under test:
+/// quick when they are current, about a minute the first time. `None` when it cannot be built
+/// here (say, without `rustup target add x86_64-unknown-linux-musl`): skipped loudly.
+pub fn dist_dir() -> Option<PathBuf> {
+    if !cargo_once(&["xtask", "dist"]) {
+        return None;
+    }
+    Some(target_dir().join("dist"))
+}
+
+/// A helper program (`readyprog`, …) built static for x86_64-unknown-linux-musl, like the
+/// shipped binary (same target and profile, so the library is built once for both), for roots
+/// that hold no C library. `None` when it cannot be built here: skipped loudly.
+pub fn static_example(name: &'static str) -> Option<PathBuf> {
+    let args: &'static [&'static str] = match name {
+        "readyprog" => &[
+            "build",
+            "--quiet",
+            "--package",
+            "conjure-daemon",
+            "--example",
+            "readyprog",
+            "--profile",
+            "release-static",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ],
+        _ => panic!("no static build of {name} is set up"),
+    };
+    if !cargo_once(args) {
+        return None;
+    }
+    Some(target_dir().join("x86_64-unknown-linux-musl/release-static/examples").join(name))
+}
+
+/// Cargo's target directory (where this test binary was built: `target/debug/deps/..`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors().nth(3).expect("target/debug/deps/integration-HASH").to_path_buf()
+}
