@@ -100,9 +100,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::support::is_root() {
-            // libtest names each test's thread after the test.
-            let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
-            eprintln!("SKIPPED: {name}: needs root");
+            $crate::support::say_skipped("needs root");
             return;
         }
     };
@@ -688,9 +686,7 @@ pub fn cargo_bin() -> Option<PathBuf> {
         std::env::split_paths(&path).map(|d| d.join("cargo")).find(|p| p.is_file())
     });
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "`cargo` is not found, and CI=true requires it");
-        let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
-        eprintln!("SKIPPED: {name}: `cargo` not found (neither $CARGO nor on PATH)");
+        skip_or_fail("`cargo` not found (neither $CARGO nor on PATH)");
     }
     found
 }
@@ -702,9 +698,7 @@ pub fn find_tool(tool: &str, package: &str) -> Option<PathBuf> {
     let found =
         ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file());
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "`{tool}` is missing, and CI=true requires it");
-        let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
-        eprintln!("SKIPPED: {name}: `{tool}` not found (apt-get install {package})");
+        skip_or_fail(&format!("`{tool}` not found (apt-get install {package})"));
     }
     found
 }
@@ -714,12 +708,19 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Skips (`SKIPPED: <test>: <why>`) or, under `CI=true`, fails: for what a test needs but
-/// cannot have here.
-fn skip_or_fail(why: &str) {
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}, and CI=true requires it");
-    let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
+/// Says `SKIPPED: <test>: <why>` straight to fd 2: libtest captures `eprintln!` of passing
+/// tests, and a skip must not be silent.
+pub fn say_skipped(why: &str) {
+    // libtest names each test's thread after the test.
+    let name = std::thread::current().name().unwrap_or("integration").to_string();
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIPPED: {name}: {why}\n").as_bytes());
+}
+
+/// Skips loudly ([`say_skipped`]) or, under `CI=true`, where everything is installed, fails:
+/// for what a test needs but cannot have here.
+pub fn skip_or_fail(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}, and CI=true requires it");
+    say_skipped(why);
 }
 
 /// Runs `cargo ARGS` in the repository, once per test process for the same arguments; false
