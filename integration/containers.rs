@@ -56,6 +56,17 @@ fn tools() -> Option<Tools> {
     })
 }
 
+/// What every test here needs: root, the tools, the directory of `cargo xtask dist` and the
+/// static test program. `None`, after saying what is missing, when something is.
+fn prerequisites() -> Option<(Tools, PathBuf, PathBuf)> {
+    if !is_root() {
+        say_skipped("needs root");
+        return None;
+    }
+    let t = tools()?;
+    Some((t, dist_dir()?, static_example("readyprog")?))
+}
+
 /// A root directory in the scratch dir: empty mount points for `/proc` and `/dev/null`, and
 /// `files` (host path, absolute path inside).
 fn root_with(s: &Scratch, files: &[(PathBuf, String)]) -> PathBuf {
@@ -187,10 +198,8 @@ fn copy_source(src: &str, dist: &Path, app: &Path) -> PathBuf {
 
 #[test]
 fn dockerfile_from_scratch_runs_conjure_as_pid1_which_reaps_forwards_term_and_exits_143() {
-    require_root!();
-    let Some(t) = tools() else { return };
     let d = dockerfile();
-    let (Some(dist), Some(app)) = (dist_dir(), static_example("readyprog")) else { return };
+    let Some((t, dist, app)) = prerequisites() else { return };
     let s = Scratch::new();
     let files: Vec<(PathBuf, String)> =
         d.copies.iter().map(|(src, dest)| (copy_source(src, &dist, &app), dest.clone())).collect();
@@ -258,10 +267,8 @@ fn pod() -> Pod {
 
 #[test]
 fn kubernetes_probe_conjure_status_answers_3_until_the_program_listens_then_0() {
-    require_root!();
-    let Some(t) = tools() else { return };
     let pod = pod();
-    let (Some(dist), Some(app)) = (dist_dir(), static_example("readyprog")) else { return };
+    let Some((t, dist, app)) = prerequisites() else { return };
     let s = Scratch::new();
     let root = root_with(&s, &[(dist.join("conjure"), "/conjure".into()), (app, "/app".into())]);
     for dir in &pod.mount_paths {
