@@ -294,7 +294,7 @@ fn verbose_before_a_subcommand_runs_the_subcommand_with_tracing() {
     assert!(out.stdout.contains("running"), "{out}");
     let out = TestCommand::conjure(argv!["-v", "stop", "-p", &pidfile]).expect_success();
     assert!(out.stdout.contains(&format!("stopped pid {}", daemon.pid)), "{out}");
-    assert!(out.stderr.contains("signalling"), "-v before `stop` did not turn tracing on\n{out}");
+    assert!(out.stderr.contains("DEBUG conjure::daemon::control"), "-v before `stop` did not turn tracing on\n{out}");
     wait_dead(daemon.pid);
     // After the name, as before.
     let out = TestCommand::conjure(argv!["status", "-p", &pidfile, "--verbose"]).expect_code(3);
