@@ -617,9 +617,7 @@ fn daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn() {
     let daemon = Daemon::from_pidfile(&pidfile);
     let ign = u64::from_str_radix(&reported(&wait_for_file(&report), "SigIgn"), 16).unwrap();
     if ign & (sigbit(32) | sigbit(33)) == 0 {
-        eprintln!(
-            "SKIPPED: daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn: the launcher did not start with signals 32 and 33 ignored here"
-        );
+        say_skipped("the launcher did not start with signals 32 and 33 ignored here");
         return;
     }
     assert_eq!(daemon.proc().sigset("SigIgn"), 0, "the daemon inherited ignored reserved signals");

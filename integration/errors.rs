@@ -242,6 +242,73 @@ fn unknown_flag_is_a_usage_error_not_a_program_name() {
     assert!(out.stderr.contains("--pidfle"), "{out}");
 }
 
+/// Asserts a usage error: 64, and one line that says who speaks, holds every needle and
+/// points at `--help`.
+fn assert_usage_error(args: Vec<OsString>, needles: &[&str]) {
+    let out = TestCommand::conjure(args).run();
+    out.assert_code(64);
+    let line = out.one_line_of_stderr();
+    assert!(line.starts_with("conjure: ") && line.ends_with("(see `conjure --help`)"), "{out}");
+    for n in needles {
+        assert!(line.contains(n), "the usage error should contain {n:?}\n{out}");
+    }
+}
+
+#[test]
+fn usage_error_for_a_missing_program_names_it() {
+    assert_usage_error(argv!["-p", "x.pid"], &["required arguments were not provided: <PROGRAM>"]);
+}
+
+#[test]
+fn usage_error_for_a_subcommand_without_its_pidfile_names_the_flag() {
+    assert_usage_error(argv!["stop"], &["required arguments were not provided: --pidfile <PATH>"]);
+    assert_usage_error(argv!["status"], &["--pidfile <PATH>"]);
+}
+
+#[test]
+fn usage_error_for_a_misspelt_flag_keeps_claps_suggestion() {
+    assert_usage_error(
+        argv!["--pidfle", "x.pid", "--", "sleep", "1"],
+        &["unexpected argument '--pidfle' found", "a similar argument exists: '--pidfile'"],
+    );
+    assert_usage_error(argv!["stop", "--sigal", "TERM", "-p", "x.pid"], &["a similar argument exists: '--signal'"]);
+}
+
+#[test]
+fn usage_error_for_a_bad_value_names_the_flag_and_why() {
+    assert_usage_error(
+        argv!["stop", "-p", "x.pid", "--signal", "NOPE"],
+        &["invalid value 'NOPE' for '--signal <SIG>'", "invalid signal `NOPE`"],
+    );
+}
+
+#[test]
+fn verbose_before_a_subcommand_runs_the_subcommand_with_tracing() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    TestCommand::conjure(argv!["-p", &pidfile, "--", testprog(), "sleep", "600"]).expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    assert!(daemon.proc().alive());
+
+    let out = TestCommand::conjure(argv!["-v", "status", "-p", &pidfile]).expect_success();
+    assert!(out.stdout.contains("running"), "{out}");
+    let out = TestCommand::conjure(argv!["-v", "stop", "-p", &pidfile]).expect_success();
+    assert!(out.stdout.contains(&format!("stopped pid {}", daemon.pid)), "{out}");
+    assert!(out.stderr.contains("DEBUG conjure::daemon::control"), "-v before `stop` did not turn tracing on\n{out}");
+    wait_dead(daemon.pid);
+    // After the name, as before.
+    let out = TestCommand::conjure(argv!["status", "-p", &pidfile, "--verbose"]).expect_code(3);
+    assert!(out.stdout.contains("not running"), "{out}");
+}
+
+#[test]
+fn a_program_named_like_a_subcommand_still_runs_after_options() {
+    // Only global flags move behind a subcommand's name: after a start option, `stop` is the
+    // program, as it always was.
+    let out = TestCommand::conjure(argv!["-f", "-v", "stop"]).expect_code(66);
+    assert!(out.stderr.contains("cannot execute `stop`"), "{out}");
+}
+
 #[test]
 fn program_arguments_that_look_like_flags_go_to_the_program() {
     let out = TestCommand::conjure(argv!["-f", testprog(), "output", "-x", "1"]).expect_success();

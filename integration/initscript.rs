@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::support::{Output, Proc, Scratch, TestCommand, conjure_bin, read_pidfile, testprog, wait_dead};
+use crate::support::{Output, Proc, Scratch, TestCommand, conjure_bin, find_tool, read_pidfile, testprog, wait_dead};
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/init.d/conjure-example")
@@ -54,18 +54,6 @@ impl Service {
         assert!(Proc(pid).alive(), "pidfile names pid {pid}, which is not running");
         pid
     }
-}
-
-/// Whether a tool the test needs is installed; when not, says `SKIPPED` (and fails under
-/// `CI=true`, where everything must be installed).
-fn tool_available(tool: &str, package: &str) -> bool {
-    let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).is_file());
-    if !found {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "`{tool}` is missing, and CI=true requires it");
-        let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
-        eprintln!("SKIPPED: {name}: `{tool}` not found (apt-get install {package})");
-    }
-    found
 }
 
 #[test]
@@ -136,16 +124,17 @@ fn init_script_start_of_a_missing_program_exits_5_and_leaves_nothing() {
 
 #[test]
 fn start_stop_daemon_stops_and_checks_a_daemon_by_the_pidfile_conjure_wrote() {
-    if !tool_available("start-stop-daemon", "dpkg") {
+    // Found in /usr/sbin and run from there: a normal user's PATH may lack the sbin dirs.
+    let Some(start_stop_daemon) = find_tool("start-stop-daemon", "dpkg") else {
         return;
-    }
+    };
     let s = Service::new();
     s.expect("start", 0);
     let pid = s.running_pid();
     let pidfile = s.pidfile();
 
     let ssd = |args: &[&str]| {
-        let mut c = TestCommand::new("start-stop-daemon");
+        let mut c = TestCommand::new(&start_stop_daemon);
         c.args(args).args([pidfile.as_os_str()]);
         c.run()
     };

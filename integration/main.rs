@@ -11,12 +11,15 @@
 mod support;
 
 mod cli;
+mod containers;
 mod control;
 mod errors;
 mod initscript;
 mod library;
 mod lifecycle;
+mod logging;
 mod readiness;
+mod s6;
 mod systemd;
 mod terminal;
 mod tidy;

@@ -32,10 +32,6 @@ fn assert_ready_in_order(s: &Scratch) {
     assert!(s.join("marker").exists(), "the launcher reported ready before the program wrote its marker");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A fake supervisor: a datagram socket in the scratch directory, for `NOTIFY_SOCKET`.
 struct FakeSupervisor {
     sock: UnixDatagram,

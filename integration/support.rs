@@ -43,18 +43,30 @@ pub fn example_bin(name: &str) -> PathBuf {
 
 /// `cargo test --test integration` builds the test and the binary but not the examples, so a
 /// helper can be older than the library it links: fail loudly instead of testing old code.
+/// The binary's own files (`src/main.rs` and the modules it declares) are not the library's,
+/// and a change there leaves the helpers as they are.
 fn assert_fresh(helper: &Path, name: &str) {
-    fn newest(dir: &Path) -> std::time::SystemTime {
+    fn newest(dir: &Path, skip: &[PathBuf]) -> std::time::SystemTime {
         let mut t = std::time::SystemTime::UNIX_EPOCH;
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
-            let m = if p.is_dir() { newest(&p) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
+            if skip.contains(&p) {
+                continue;
+            }
+            let m = if p.is_dir() { newest(&p, skip) } else { e.metadata().and_then(|m| m.modified()).unwrap_or(t) };
             t = t.max(m);
         }
         t
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let sources = newest(&root.join("src")).max(
+    let main = root.join("src/main.rs");
+    let binary_only: Vec<PathBuf> = std::fs::read_to_string(&main)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';').map(|m| root.join(format!("src/{m}.rs"))))
+        .chain([main.clone()])
+        .collect();
+    let sources = newest(&root.join("src"), &binary_only).max(
         std::fs::metadata(root.join("integration/helpers").join(format!("{name}.rs")))
             .and_then(|m| m.modified())
             .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
@@ -88,9 +100,7 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::support::is_root() {
-            // libtest names each test's thread after the test.
-            let name = std::thread::current().name().unwrap_or(module_path!()).to_string();
-            eprintln!("SKIPPED: {name}: needs root");
+            $crate::support::say_skipped("needs root");
             return;
         }
     };
@@ -389,6 +399,7 @@ pub fn sigbit(sig: i32) -> u64 {
 pub struct TestCommand {
     cmd: Command,
     shown: String,
+    journal: bool,
 }
 
 /// A finished command: its status and output.
@@ -406,12 +417,17 @@ pub struct Output {
 }
 
 impl TestCommand {
-    /// `program` with no arguments yet; `CONJURE_LOG` is removed from its environment so that
-    /// a developer's setting does not change what tests see.
+    /// `program` with no arguments yet; `CONJURE_LOG` and `JOURNAL_STREAM` are removed from its
+    /// environment so that a developer's setting (or a test run under systemd) does not change
+    /// what tests see.
     pub fn new(program: impl AsRef<OsStr>) -> TestCommand {
         let mut cmd = Command::new(program.as_ref());
-        cmd.env_remove("CONJURE_LOG").env_remove("LISTEN_FDS").env_remove("LISTEN_PID").stdin(Stdio::null());
-        TestCommand { cmd, shown: program.as_ref().to_string_lossy().into_owned() }
+        cmd.env_remove("CONJURE_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .stdin(Stdio::null());
+        TestCommand { cmd, shown: program.as_ref().to_string_lossy().into_owned(), journal: false }
     }
 
     /// `conjure ARGS`.
@@ -448,10 +464,22 @@ impl TestCommand {
         &mut self.cmd
     }
 
+    /// Makes its stderr look like systemd's journal: `JOURNAL_STREAM` names the device and
+    /// inode of the file its stderr goes to, as systemd does for `StandardError=journal`.
+    pub fn stderr_is_journal(&mut self) -> &mut Self {
+        self.journal = true;
+        self
+    }
+
     /// Starts it without waiting.
     pub fn spawn(&mut self) -> Running {
         let out = tempfile::tempfile().expect("tempfile");
         let err = tempfile::tempfile().expect("tempfile");
+        if self.journal {
+            let meta = err.metadata().expect("fstat stderr file");
+            self.cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+            self.shown = format!("JOURNAL_STREAM=<its stderr> {}", self.shown);
+        }
         self.cmd.stdout(out.try_clone().expect("dup")).stderr(err.try_clone().expect("dup"));
         let child = self.cmd.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", self.shown));
         Running { child: Some(child), out, err, shown: self.shown.clone() }
@@ -684,4 +712,128 @@ pub fn send_signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) with plain integers.
     let r = unsafe { libc::kill(pid, signal) };
     assert_eq!(r, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+}
+
+/// The `cargo` that runs this test (`$CARGO`), or the one on `PATH`. When there is none, says
+/// `SKIPPED` (and fails under `CI=true`) and returns `None`.
+pub fn cargo_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("CARGO").map(PathBuf::from).filter(|p| p.is_file()).or_else(|| {
+        let path = std::env::var_os("PATH")?;
+        std::env::split_paths(&path).map(|d| d.join("cargo")).find(|p| p.is_file())
+    });
+    if found.is_none() {
+        skip_or_fail("`cargo` not found (neither $CARGO nor on PATH)");
+    }
+    found
+}
+
+/// Where a tool a test needs is installed (the sbin and bin directories, whatever this
+/// process's `PATH`: a normal user's may lack `/usr/sbin`). When it is missing, says `SKIPPED`
+/// and returns `None`; under `CI=true`, where everything must be installed, it fails instead.
+pub fn find_tool(tool: &str, package: &str) -> Option<PathBuf> {
+    let found =
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file());
+    if found.is_none() {
+        skip_or_fail(&format!("`{tool}` not found (apt-get install {package})"));
+    }
+    found
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Says `SKIPPED: <test>: <why>` straight to fd 2: libtest captures `eprintln!` of passing
+/// tests, and a skip must not be silent.
+pub fn say_skipped(why: &str) {
+    // libtest names each test's thread after the test.
+    let name = std::thread::current().name().unwrap_or("integration").to_string();
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("SKIPPED: {name}: {why}\n").as_bytes());
+}
+
+/// Skips loudly ([`say_skipped`]) or, under `CI=true`, where everything is installed, fails:
+/// for what a test needs but cannot have here.
+pub fn skip_or_fail(why: &str) {
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}, and CI=true requires it");
+    say_skipped(why);
+}
+
+/// Runs `cargo ARGS` in the repository, once per test process for the same arguments; false
+/// (after saying why: skipped, or failed under `CI=true`) when it fails.
+fn cargo_once(args: &'static [&'static str]) -> bool {
+    use std::sync::{Mutex, OnceLock};
+    /// Each `cargo` command run so far, and how it went.
+    type Runs = BTreeMap<&'static [&'static str], Result<(), String>>;
+    static DONE: OnceLock<Mutex<Runs>> = OnceLock::new();
+    let Some(cargo) = cargo_bin() else {
+        return false;
+    };
+    let done = DONE.get_or_init(Default::default);
+    // One build at a time: cargo would serialize them anyway, and a second caller with the same
+    // arguments waits here for the first one's result.
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    let result = done.entry(args).or_insert_with(|| {
+        let out = Command::new(&cargo)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", cargo.display()))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        Err(format!("`cargo {}` failed ({}):\n{}", args.join(" "), out.status, tail.join("\n")))
+    });
+    match result {
+        Ok(()) => true,
+        Err(why) => {
+            skip_or_fail(why);
+            false
+        }
+    }
+}
+
+/// `target/dist/` after `cargo xtask dist` (which `.ci/run` runs first). The test runs it
+/// itself, once per test process, so that the artefacts are those of the sources under test:
+/// quick when they are current, about a minute the first time. `None` when it cannot be built
+/// here (say, without `rustup target add x86_64-unknown-linux-musl`): skipped loudly.
+pub fn dist_dir() -> Option<PathBuf> {
+    if !cargo_once(&["xtask", "dist"]) {
+        return None;
+    }
+    Some(target_dir().join("dist"))
+}
+
+/// A helper program (`readyprog`, …) built static for x86_64-unknown-linux-musl, like the
+/// shipped binary (same target and profile, so the library is built once for both), for roots
+/// that hold no C library. `None` when it cannot be built here: skipped loudly.
+pub fn static_example(name: &'static str) -> Option<PathBuf> {
+    let args: &'static [&'static str] = match name {
+        "readyprog" => &[
+            "build",
+            "--quiet",
+            "--package",
+            "conjure-daemon",
+            "--example",
+            "readyprog",
+            "--profile",
+            "release-static",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ],
+        _ => panic!("no static build of {name} is set up"),
+    };
+    if !cargo_once(args) {
+        return None;
+    }
+    Some(target_dir().join("x86_64-unknown-linux-musl/release-static/examples").join(name))
+}
+
+/// Cargo's target directory (where this test binary was built: `target/debug/deps/..`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors().nth(3).expect("target/debug/deps/integration-HASH").to_path_buf()
 }

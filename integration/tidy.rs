@@ -65,3 +65,50 @@ fn every_exit_code_is_in_the_readme_and_the_help() {
         assert!(help.contains(&format!("  {code}  ")), "--help's exit-code list lacks {code}");
     }
 }
+
+/// The files of `examples/` and `systemd/`, relative to the repository, that users copy.
+fn shipped_examples() -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).expect("under the root").to_string_lossy().into_owned());
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    walk(&root.join("examples"), root, &mut out);
+    walk(&root.join("systemd"), root, &mut out);
+    out
+}
+
+#[test]
+fn the_published_package_holds_licenses_changelog_and_examples_but_no_ci_or_test_scripts() {
+    let Some(cargo) = cargo_bin() else {
+        return;
+    };
+    let mut c = TestCommand::new(&cargo);
+    c.args(["package", "--list", "--allow-dirty", "--package", "conjure-daemon"])
+        .command()
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let out = c.expect_success();
+    let files: Vec<&str> = out.stdout.lines().collect();
+    for needed in
+        ["LICENSE-MIT", "LICENSE-APACHE", "CHANGELOG.md", "README.md", "Cargo.lock", "src/lib.rs", "src/main.rs"]
+    {
+        assert!(files.contains(&needed), "`cargo package --list` lacks {needed}\n{out}");
+    }
+    for example in shipped_examples() {
+        assert!(files.contains(&example.as_str()), "`cargo package --list` lacks the example {example}\n{out}");
+    }
+    let forbidden = [".ci/", "integration/", "benches/", "xtask/", "target/", ".cargo/"];
+    for file in &files {
+        assert!(
+            !forbidden.iter().any(|f| file.starts_with(f)) && !file.contains("mkrootfs"),
+            "`cargo package --list` ships {file}, which users do not need\n{out}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! watch, at a moment the test chooses, so that tests can check order and promptness.
 //!
 //! ```text
-//! readyprog [--marker PATH] [--delay MS] MODE ARGS...
+//! readyprog [--marker PATH] [--delay MS] [--orphan MS] MODE ARGS...
 //!   notify MSG...          send each MSG as one datagram to $NOTIFY_SOCKET (path or @abstract);
 //!                          `@EMPTY`, `@HUGE`, `@BINARY` send garbage, `@SLEEP:MS` pauses
 //!   notify-child MSG...    the same, from a child process that stays alive
@@ -16,7 +16,11 @@
 //!   exit CODE              exit with CODE (never ready)
 //!   kill-self SIG          die of signal SIG (never ready)
 //!   never                  do nothing (never ready)
+//!   orphan MS              start `readyprog --delay MS exit 0` and exit at once, orphaning it
 //! ```
+//!
+//! `--orphan MS` first runs `readyprog orphan MS` and waits for it: a grandchild that lives MS
+//! milliseconds after its parent died, for the nearest subreaper (or PID 1) to adopt and reap.
 //!
 //! After `--delay` milliseconds it writes the marker file (if any), *then* becomes ready, then
 //! sleeps for an hour. A launcher that reports ready while the marker is missing reported too
@@ -41,6 +45,14 @@ fn main() {
             }
             Some("--delay") => {
                 delay = args[1].parse().expect("readyprog: --delay MS");
+                args.drain(..2);
+            }
+            Some("--orphan") => {
+                let status = std::process::Command::new(std::env::current_exe().expect("readyprog: exe"))
+                    .args(["orphan", &args[1]])
+                    .status()
+                    .expect("readyprog: spawn");
+                assert!(status.success(), "readyprog: orphan {status}");
                 args.drain(..2);
             }
             _ => break,
@@ -101,6 +113,13 @@ fn main() {
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::try_from(sig).ok());
         }
         "never" => {}
+        "orphan" => {
+            std::process::Command::new(std::env::current_exe().expect("readyprog: exe"))
+                .args(["--delay", &rest[0], "exit", "0"])
+                .spawn()
+                .expect("readyprog: spawn");
+            std::process::exit(0);
+        }
         other => {
             eprintln!("readyprog: unknown mode `{other}`");
             std::process::exit(2);

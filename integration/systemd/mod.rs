@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+mod deb;
 mod selftest;
 mod units;
 
@@ -396,7 +397,7 @@ impl Builder {
     }
 
     /// Places a symlink at an absolute path inside the container before boot, for example
-    /// `/usr/local/bin/conjure` → `/payload/conjure`, so that example units run unchanged.
+    /// `/usr/bin/conjure` → `/payload/conjure`, so that example units run unchanged.
     pub fn symlink(mut self, path: &str, target: &str) -> Self {
         let rel = path.strip_prefix('/').unwrap_or_else(|| panic!("container path {path:?} is not absolute"));
         self.symlinks.push((PathBuf::from(rel), PathBuf::from(target)));

@@ -43,7 +43,12 @@ fn simple_unit_installed_before_boot_runs_and_stops_cleanly() {
     let main_pid: u32 = s["MainPID"].parse().expect("MainPID is a number");
     assert_ne!(main_pid, 0, "{s:?}");
 
-    // The MainPID systemd names is the live sleep, both inside and on the host.
+    // The MainPID systemd names is the live sleep, both inside and on the host. Type=simple is
+    // active once forked, when the child may still be systemd's "(sleep)" on its way to exec.
+    wait_for("MainPID to exec sleep", Duration::from_secs(10), || {
+        let comm = c.read_file(&format!("/proc/{main_pid}/comm"));
+        (comm.as_deref() != Some("(sleep)\n")).then_some(())
+    });
     let comm = c.read_file(&format!("/proc/{main_pid}/comm"));
     assert_eq!(comm.as_deref(), Some("sleep\n"));
     let host = c.host_pid(main_pid).expect("MainPID has a host pid");

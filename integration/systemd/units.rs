@@ -1,6 +1,7 @@
 //! The example units of `systemd/`, booted unchanged under a real systemd with the freshly built
-//! `conjure` (linked at `/usr/local/bin/conjure`, where the examples expect it) and the test
-//! programs that stand for the user's program (`readyprog` and `testprog`, linked next to it).
+//! `conjure` (linked at `/usr/bin/conjure`, where the examples expect it and the `.deb`
+//! installs it) and the test programs that stand for the user's program (`readyprog` and
+//! `testprog`, linked in `/usr/local/bin/`).
 //! What is asserted is what systemd itself reports.
 //!
 //! Start timing is checked by order only: `readyprog` writes the CLOCK_MONOTONIC moment it
@@ -58,7 +59,7 @@ fn boot(payload: &tempfile::TempDir, units: &[(&str, &str)]) -> Container {
     let builder = units
         .iter()
         .fold(Container::builder(), |b, (name, text)| b.unit(name, text))
-        .symlink("/usr/local/bin/conjure", "/payload/conjure");
+        .symlink("/usr/bin/conjure", "/payload/conjure");
     HELPERS
         .iter()
         .fold(builder, |b, h| b.symlink(&format!("/usr/local/bin/{h}"), &format!("/payload/{h}")))
@@ -231,6 +232,15 @@ fn unit_whose_program_is_missing_fails_with_conjures_one_line_error() {
     let lines: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "conjure's error is not one line:\n{said}\nwhole journal:\n{journal}");
     assert!(lines[0].contains("/nonexistent/program"), "conjure's error does not name the program: {:?}", lines[0]);
+    // Its stderr is the journal (JOURNAL_STREAM), so the line carries <3>: journald files it as
+    // an error, not as the info of ordinary output.
+    let errors =
+        c.run(&["journalctl", "--no-pager", "-o", "cat", "-p", "err", "-u", unit, "SYSLOG_IDENTIFIER=conjure"]);
+    assert_eq!(
+        errors.trim(),
+        lines[0],
+        "conjure's error is not filed with priority err (3)\nwhole journal:\n{journal}"
+    );
     assert_eq!(c.read_file(MISSING_PROGRAM_PIDFILE), None, "pidfile left behind");
     let left: Vec<_> = c.processes().into_iter().filter(|(_, comm)| comm == "conjure").collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -408,7 +418,7 @@ fn supervised_program_speaking_sd_notify_is_relayed_as_the_main_process() {
 [Service]
 Type=notify
 TimeoutStartSec=10s
-ExecStart=/usr/local/bin/conjure -f --supervise -- /usr/local/bin/readyprog notify STATUS=serving READY=1
+ExecStart=/usr/bin/conjure -f --supervise -- /usr/local/bin/readyprog notify STATUS=serving READY=1
 ";
     let c = boot(&payload, &[(unit, text)]);
     let start = c.exec(&["systemctl", "start", unit]);
