@@ -48,6 +48,9 @@ pub mod process;
 pub mod readiness;
 mod sys;
 
+#[cfg(fuzzing)]
+pub mod fuzz;
+
 pub use config::DaemonConfig;
 pub use daemon::control;
 pub use daemon::launcher::{DEFAULT_KILL_AFTER, DEFAULT_READY_TIMEOUT, Launcher, Outcome};

@@ -5,7 +5,7 @@
 mod cli;
 mod log;
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -48,7 +48,9 @@ fn main() -> ExitCode {
             Err(err) => report(journal, &err),
         },
         None => {
-            match start(cli.start) {
+            // One updating status line while a launch waits, for a person at a terminal only.
+            let progress = !cli.verbose && !journal && std::io::stderr().is_terminal();
+            match start(cli.start, progress) {
                 Ok(Outcome::Ready { .. } | Outcome::Detached { .. }) => 0,
                 Ok(Outcome::Exited(code)) => code,
                 Ok(Outcome::Killed(signal)) => {
@@ -127,7 +129,7 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
-fn start(args: Start) -> Result<Outcome, DaemonizeError> {
+fn start(args: Start, progress: bool) -> Result<Outcome, DaemonizeError> {
     let mut config = DaemonConfig::new();
     config.append(args.append).foreground(args.foreground).close_fds(!args.no_close_fds).lock(!args.no_lock);
     if let Some(p) = args.pidfile {
@@ -170,7 +172,8 @@ fn start(args: Start) -> Result<Outcome, DaemonizeError> {
         .ready_timeout((!args.ready_timeout.is_zero()).then_some(args.ready_timeout))
         .kill_after(args.kill_after)
         .supervise(args.supervise)
-        .signal_group(args.signal_group);
+        .signal_group(args.signal_group)
+        .progress(progress);
     for (from, to) in args.rewrite {
         launcher.rewrite(from, to);
     }

@@ -51,6 +51,7 @@ pub struct Launcher {
     supervise: bool,
     signal_group: bool,
     rewrite: Vec<(i32, i32)>,
+    progress: bool,
 }
 
 /// Default readiness timeout: systemd's default start timeout.
@@ -95,6 +96,7 @@ impl Launcher {
             supervise: false,
             signal_group: false,
             rewrite: Vec::new(),
+            progress: false,
         }
     }
 
@@ -141,6 +143,14 @@ impl Launcher {
     pub fn rewrite(&mut self, from: i32, to: i32) -> &mut Self {
         self.rewrite.retain(|(f, _)| *f != from);
         self.rewrite.push((from, to));
+        self
+    }
+
+    /// While a background launch waits for readiness, shows one status line on stderr (the
+    /// source, the time waited, the timeout), rewritten in place each second and erased when
+    /// the wait ends. Meant for a terminal: the command turns it on when stderr is one.
+    pub fn progress(&mut self, progress: bool) -> &mut Self {
+        self.progress = progress;
         self
     }
 
@@ -305,13 +315,27 @@ impl Launcher {
         if let Some(host) = host {
             watch.notify(host);
         }
-        let ready = until_ready(&mut watch, !self.source.needs_watch(), prepared, program, |_, event| match event {
-            Event::Signal(r) if interrupts_start(&r) => {
-                Err(DaemonizeError::Interrupted { signal: r.signo, program: name(program) })
-            }
-            _ => Ok(()),
-        })
-        .and_then(|()| {
+        let mut progress = self.progress.then(|| Progress::new(&self.source));
+        if progress.is_some() && self.source.needs_watch() {
+            watch.ticks(Some(Duration::from_secs(1)));
+        }
+        let waited =
+            until_ready(&mut watch, !self.source.needs_watch(), prepared, program, |watch, event| match event {
+                Event::Signal(r) if interrupts_start(&r) => {
+                    Err(DaemonizeError::Interrupted { signal: r.signo, program: name(program) })
+                }
+                Event::Tick => {
+                    if let Some(p) = progress.as_mut() {
+                        p.show(watch.timeout());
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            });
+        if let Some(p) = progress {
+            p.erase();
+        }
+        let ready = waited.and_then(|()| {
             watch.disarm();
             let pid = watch.process.pid();
             prepared.publish_pidfile()?;
@@ -410,7 +434,8 @@ pub(crate) fn until_ready(
             Event::Failed(f) => return Err(prepared.failure_error(f, Some(program))),
             Event::Ended(status) => {
                 let how = status.map_or_else(|| "exited".to_string(), describe_status);
-                return Err(DaemonizeError::NotReady(format!("`{}` {how} before it was ready", name(program))));
+                let note = prepared.output_note();
+                return Err(DaemonizeError::NotReady(format!("`{}` {how} before it was ready{note}", name(program))));
             }
             Event::TimedOut => {
                 return Err(DaemonizeError::ReadyTimeout(format!(
@@ -420,6 +445,39 @@ pub(crate) fn until_ready(
                 )));
             }
             other_event => other(watch, other_event)?,
+        }
+    }
+}
+
+/// The status line a launcher shows on a terminal while it waits for readiness.
+struct Progress {
+    source: String,
+    started: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(source: &Source) -> Progress {
+        Progress { source: source.to_string(), started: std::time::Instant::now(), shown: false }
+    }
+
+    /// Rewrites the line in place (carriage return, erase to the end of the line).
+    fn show(&mut self, timeout: Option<Duration>) {
+        use std::io::Write;
+        let waited = crate::duration::format(Duration::from_secs(self.started.elapsed().as_secs()));
+        let limit =
+            timeout.map_or_else(|| "no timeout".to_string(), |t| format!("timeout {}", crate::duration::format(t)));
+        let line = format!("\r\x1b[Kconjure: waiting for {}: {waited} ({limit})", self.source);
+        // A terminal that went away is no reason to stop waiting.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        self.shown = true;
+    }
+
+    /// Erases the line, so that what follows (an error, the shell's prompt) starts clean.
+    fn erase(self) {
+        use std::io::Write;
+        if self.shown {
+            let _ = std::io::stderr().write_all(b"\r\x1b[K");
         }
     }
 }

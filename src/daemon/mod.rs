@@ -55,6 +55,10 @@ pub(crate) struct Prepared {
     pub devnull: OwnedFd,
     pub stdout: Option<File>,
     pub stderr: Option<File>,
+    /// Where the program's errors go (stderr's file, else stdout's) and its size before the
+    /// program wrote anything: what the program says there is shown if it dies before it is
+    /// ready.
+    pub tail_from: Option<u64>,
 }
 
 /// How the pidfile comes into being.
@@ -94,10 +98,20 @@ impl Prepared {
             Some(path) => Some(Guard::acquire(path, Role::Pidfile, config.lock, None)?),
             None => None,
         };
-        let mut prepared =
-            Prepared { devnull: open_devnull()?, stdout: None, stderr: None, config, identity, lockfile, pidfile };
+        let mut prepared = Prepared {
+            devnull: open_devnull()?,
+            stdout: None,
+            stderr: None,
+            tail_from: None,
+            config,
+            identity,
+            lockfile,
+            pidfile,
+        };
         match prepared.open_outputs() {
             Ok((stdout, stderr)) => {
+                let errors = stderr.as_ref().or(stdout.as_ref());
+                prepared.tail_from = errors.and_then(|f| f.metadata().ok()).map(|m| m.len());
                 prepared.stdout = stdout;
                 prepared.stderr = stderr;
                 Ok(prepared)
@@ -201,6 +215,33 @@ impl Prepared {
         err
     }
 
+    /// What an operator needs next to "the program died before it was ready": the last lines
+    /// the program wrote to its output file (at most [`TAIL_LINES`], each cut at
+    /// [`TAIL_WIDTH`], marked), or, when its output went to `/dev/null`, how to keep it. Nothing
+    /// in the foreground, where the output is the caller's own.
+    pub(crate) fn output_note(&self) -> String {
+        let file = self.stderr.as_ref().or(self.stdout.as_ref());
+        let (Some(file), Some(start)) = (file, self.tail_from) else {
+            return if self.config.foreground {
+                String::new()
+            } else {
+                " (its output went to /dev/null; keep it with -o FILE)".to_string()
+            };
+        };
+        let path = self.config.stderr.as_ref().or(self.config.stdout.as_ref()).cloned().unwrap_or_default();
+        match tail(file, start) {
+            Some(lines) if !lines.is_empty() => {
+                let mut note = format!("; its last output, in `{}`:", path.display());
+                for l in lines {
+                    note.push_str("\n  | ");
+                    note.push_str(&l);
+                }
+                note
+            }
+            _ => format!(" (it wrote nothing to `{}`)", path.display()),
+        }
+    }
+
     /// Removes the pidfile (or its temporary file) after a failed start; the launcher still
     /// holds the lock.
     pub(crate) fn remove_pidfile(&self) {
@@ -226,6 +267,46 @@ impl Prepared {
             None => Ok(()),
         }
     }
+}
+
+/// How many lines of the program's output a failure shows, at most.
+pub(crate) const TAIL_LINES: usize = 5;
+/// How wide each of those lines may be, in characters.
+pub(crate) const TAIL_WIDTH: usize = 200;
+
+/// The last lines written to `file` after offset `start`, read through a read-only reopening
+/// of the very same file (`/proc/self/fd`, never its path, which the daemon's user may have
+/// swapped for a link to something conjure must not show), from its last 4 KiB at most.
+fn tail(file: &File, start: u64) -> Option<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()?;
+    let meta = reader.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let end = meta.len();
+    let from = start.max(end.saturating_sub(4096));
+    let mut buf = vec![0u8; (end - from) as usize];
+    let n = reader.read_at(&mut buf, from).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let clean: String = l.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+            match clean.char_indices().nth(TAIL_WIDTH) {
+                Some((i, _)) => format!("{}…", &clean[..i]),
+                None => clean,
+            }
+        })
+        .collect();
+    let skip = lines.len().saturating_sub(TAIL_LINES);
+    lines.drain(..skip);
+    Some(lines)
 }
 
 /// A C string from bytes already checked for NUL by validation.
@@ -365,7 +446,7 @@ impl Prepared {
         for (key, value) in &self.config.env {
             sys::set_env(one_thread, key, value);
         }
-        let Prepared { config, identity, lockfile, mut pidfile, devnull, stdout, stderr } = self;
+        let Prepared { config, identity, lockfile, mut pidfile, devnull, stdout, stderr, .. } = self;
         if let Some(guard) = pidfile.as_mut() {
             guard.close_write();
         }

@@ -100,6 +100,11 @@ impl Decoder {
             ERROR_TAG | STATUS_TAG => {
                 let head = if tag == ERROR_TAG { 5 } else { 1 };
                 let Some(len) = u32_at(&self.buf, head) else { return Ok(None) };
+                // The encoder caps texts at 64 KiB; a longer one is garbage, not a reason to
+                // buffer gigabytes.
+                if len > u16::MAX as u32 {
+                    return Err(bad("record too long"));
+                }
                 let start = head + 4;
                 let Some(text) = self.buf.get(start..start + len as usize) else { return Ok(None) };
                 let text = String::from_utf8_lossy(text).into_owned();
@@ -152,5 +157,8 @@ mod tests {
         let mut d = Decoder::default();
         d.feed(b"Zjunk");
         assert!(d.next().is_err());
+        let mut d = Decoder::default();
+        d.feed(&[ERROR_TAG, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(d.next().is_err(), "a 4 GiB record must not be waited for");
     }
 }

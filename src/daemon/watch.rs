@@ -58,6 +58,8 @@ pub(crate) enum Event {
     Notify(Vec<u8>),
     /// The readiness timeout passed.
     TimedOut,
+    /// Another interval of [`Watch::ticks`] passed while waiting.
+    Tick,
 }
 
 /// A signal conjure received, with who sent it.
@@ -155,6 +157,8 @@ pub(crate) struct Watch {
     timeout: Option<Duration>,
     next_probe: Option<Instant>,
     probing: bool,
+    /// With [`Watch::ticks`]: the interval and the next tick.
+    tick: Option<(Duration, Instant)>,
     queue: VecDeque<Event>,
     ended_reported: bool,
     /// The last `STATUS=` the program sent.
@@ -180,6 +184,7 @@ impl Watch {
             timeout: None,
             next_probe: None,
             probing: false,
+            tick: None,
             queue: VecDeque::new(),
             ended_reported: false,
             status: None,
@@ -210,6 +215,13 @@ impl Watch {
         self
     }
 
+    /// Sends [`Event::Tick`] every `interval` until the readiness source is disarmed (a
+    /// launcher's progress line on a terminal); `None` stops them.
+    pub(crate) fn ticks(&mut self, interval: Option<Duration>) -> &mut Self {
+        self.tick = interval.map(|i| (i, Instant::now() + i));
+        self
+    }
+
     /// Reports the program's job-control stops as [`Event::Stopped`].
     pub(crate) fn stops(&mut self, stops: bool) -> &mut Self {
         self.stops = stops;
@@ -233,6 +245,7 @@ impl Watch {
         }
         self.deadline = None;
         self.next_probe = None;
+        self.tick = None;
     }
 
     /// The next event. Blocks until there is one.
@@ -290,7 +303,7 @@ impl Watch {
         let pidfd_at = slot(self.process.pidfd(), &mut fds);
 
         let probe_at = self.next_probe.filter(|_| self.exec_done());
-        let mut wake = [self.deadline, probe_at].into_iter().flatten().min();
+        let mut wake = [self.deadline, probe_at, self.tick.map(|t| t.1)].into_iter().flatten().min();
         // Without a pidfd (kernels before 5.3) and without SIGCHLD, the program's end is
         // noticed by looking every 100 ms.
         if pidfd_at.is_none() && self.process.pid() > 0 && !self.watches_sigchld() {
@@ -328,6 +341,13 @@ impl Watch {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.deadline = None;
             self.queue.push_back(Event::TimedOut);
+        }
+        if let Some((interval, at)) = self.tick {
+            let now = Instant::now();
+            if now >= at {
+                self.tick = Some((interval, now + interval));
+                self.queue.push_back(Event::Tick);
+            }
         }
         Ok(())
     }
