@@ -622,3 +622,24 @@ fn daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn() {
     }
     assert_eq!(daemon.proc().sigset("SigIgn"), 0, "the daemon inherited ignored reserved signals");
 }
+
+#[test]
+fn with_user_and_group_the_users_own_primary_group_stays_supplementary() {
+    require_root!();
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    // nobody's primary group is 65534; -g daemon (gid 1) makes 1 the process's group.
+    let daemon = start(argv!["-u", "nobody", "-g", "daemon", "-p", &pidfile, "--", "sleep", "60"], &pidfile);
+    assert_eq!(daemon.proc().ids("Gid"), [1; 4]);
+    assert_eq!(daemon.proc().ids("Groups"), [65534], "nobody's primary group is not a supplementary group");
+}
+
+#[test]
+fn env_without_a_value_sets_the_variable_empty() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let daemon = start(argv!["-p", &pidfile, "-E", "EMPTY", "-E", "SET=1", "--", "sleep", "60"], &pidfile);
+    let env = daemon.proc().environ();
+    assert_eq!(env.get("EMPTY").map(String::as_str), Some(""));
+    assert_eq!(env.get("SET").map(String::as_str), Some("1"));
+}

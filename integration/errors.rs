@@ -219,7 +219,7 @@ fn usage_errors_exit_64() {
     for args in [
         argv![],
         argv!["-p"],
-        argv!["-E", "NOEQUALS", "--", "sleep", "1"],
+        argv!["-E", "=VALUE", "--", "sleep", "1"],
         argv!["-E", "=x", "--", "sleep", "1"],
         argv!["-l", "/tmp/x.lock", "--no-lock", "--", "sleep", "1"],
         argv!["--keep-fd", "three", "--", "sleep", "1"],

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             log::line(journal, Level::ERROR, format_args!("conjure: {} (see `conjure --help`)", usage_error(&e)));
-            return ExitCode::from(exit::USAGE as u8);
+            return ExitCode::from(exit::USAGE);
         }
     };
     log::init(cli.verbose, journal);
@@ -120,7 +120,7 @@ fn report(journal: bool, err: &DaemonizeError) -> i32 {
             let _ = conjure::process::die_of(signal);
         }
     }
-    err.exit_code()
+    err.exit_code().into()
 }
 
 /// A line of `stop`'s or `status`'s answer on stdout. A reader that went away does not change

@@ -3,8 +3,8 @@
 //!
 //! Unlike [`daemonize`](crate::daemonize), the launcher never runs user code after the fork:
 //! the child only performs the prepared setup and `execve`s the program. So a launcher may be
-//! used from a multi-threaded program, and needs no `unsafe` from its caller. (One exception:
-//! the pidfile sink in the background detaches the launcher itself, which needs one thread.)
+//! used from a multi-threaded program, and needs no `unsafe` from its caller; what it changes
+//! in the process meanwhile is listed on [`Launcher`].
 //!
 //! Modes, as design section 2 lays them out:
 //! - background: double fork, then wait in the event loop (`watch.rs`) for the exec and, with
@@ -39,13 +39,43 @@ use crate::sys::{self, ChildPlan, ExecPlan};
 const LISTEN_FDS_START: i32 = 3;
 
 /// A program to start as a daemon, with the config that says how.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use conjure::{DaemonConfig, Launcher, Outcome};
+///
+/// let mut config = DaemonConfig::new();
+/// config.pidfile("/run/web.pid").stdout("/var/log/web.log").user("www-data");
+/// let mut launcher = Launcher::new(config, "/usr/bin/web-server");
+/// launcher.args(["--port", "8080"]).ready_on("tcp:127.0.0.1:8080".parse()?);
+/// launcher.ready_timeout(Some(Duration::from_secs(30)));
+/// match launcher.run()? {
+///     Outcome::Ready { pid } => println!("listening, pid {pid}"),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Threads
+///
+/// The child between fork and exec runs only async-signal-safe code prepared before the fork,
+/// so `run` may be called from a multi-threaded program. What it does to the process as a whole
+/// while it runs, and puts back afterwards: it is the process's child subreaper while it waits
+/// for readiness (another thread's orphans would be adopted meanwhile); the calling thread has
+/// INT, TERM, HUP and QUIT blocked (process-directed ones may still go to another thread); a
+/// SIGCHLD disposition of `SIG_IGN` is reset to the default for good. Resident mode
+/// (`foreground` with a source to watch, `supervise`) makes the process the program's
+/// supervisor: it takes over every signal of the calling thread and reaps every child of the
+/// process. The pidfile sink in the background detaches a copy of the process, which needs a
+/// single-threaded caller and is refused otherwise.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     config: DaemonConfig,
     program: OsString,
     args: Vec<OsString>,
     source: Source,
-    sink: SinkChoice,
+    /// As set with [`Launcher::readiness`]; `None`: the config's sink, else `auto`.
+    sink: Option<SinkChoice>,
     ready_timeout: Option<Duration>,
     kill_after: Duration,
     supervise: bool,
@@ -90,7 +120,7 @@ impl Launcher {
             program: program.into(),
             args: Vec::new(),
             source: Source::Exec,
-            sink: SinkChoice::Auto,
+            sink: None,
             ready_timeout: Some(DEFAULT_READY_TIMEOUT),
             kill_after: DEFAULT_KILL_AFTER,
             supervise: false,
@@ -106,9 +136,10 @@ impl Launcher {
         self
     }
 
-    /// How the supervisor hears it (default: auto, see [`SinkChoice`]).
+    /// How the supervisor hears it (default: the config's
+    /// [`readiness`](DaemonConfig::readiness) if it set one, else auto, see [`SinkChoice`]).
     pub fn readiness(&mut self, sink: SinkChoice) -> &mut Self {
-        self.sink = sink;
+        self.sink = Some(sink);
         self
     }
 
@@ -188,7 +219,8 @@ impl Launcher {
         let foreground = self.config.foreground;
         // Resident because of the source or the flags; a sink may add to it (below).
         let stays = self.supervise || std::process::id() == 1 || (foreground && self.source.needs_watch());
-        let sink = self.sink.resolve(foreground, stays);
+        let choice = self.sink.or(self.config.readiness.map(SinkChoice::Sink)).unwrap_or_default();
+        let sink = choice.resolve(foreground, stays);
         sink::validate(sink)?;
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
             return Err(DaemonizeError::invalid("the pidfile readiness sink needs a pidfile (-p)"));
@@ -209,14 +241,6 @@ impl Launcher {
         sys::make_children_waitable()
             .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
 
-        // Keep the number a readiness fd must take free of every file opened until the fork
-        // (the report pipe and the signalfd included): held until this function returns.
-        let _reserved = match self.source {
-            Source::Fd(n) => {
-                sys::reserve_fd(n).map_err(|source| DaemonizeError::SystemError { call: "dup3", source })?
-            }
-            _ => None,
-        };
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(&self.config, mode)?;
         let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
@@ -235,7 +259,7 @@ impl Launcher {
         let listen_fds = listen_fds();
         let exec =
             self.exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env).map_err(|e| prepared.abandon(e))?;
-        let mut plan = prepared.plan(None, &listen_fds, true);
+        let mut plan = prepared.plan(None, &listen_fds, false);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
 
@@ -258,7 +282,7 @@ impl Launcher {
         }
 
         if foreground {
-            plan.seal();
+            plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
             tracing::debug!("setting up in place and exec'ing (foreground)");
             let failure = match sys::setup_in_place(&plan) {
                 Err(f) => f,
@@ -301,7 +325,7 @@ impl Launcher {
         let signals = Signals::interrupts().map_err(|e| prepared.abandon(e))?;
         let (read_end, write_end) = report_pipe().map_err(|e| prepared.abandon(e))?;
         plan.report = write_end.as_raw_fd();
-        plan.seal();
+        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!("forking");
         let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
@@ -447,6 +471,11 @@ pub(crate) fn until_ready(
             other_event => other(watch, other_event)?,
         }
     }
+}
+
+/// A plan's fds could not be moved out of the way of the numbers the program must find.
+pub(crate) fn relocation_failed(source: std::io::Error) -> DaemonizeError {
+    DaemonizeError::SystemError { call: "fcntl(F_DUPFD_CLOEXEC)", source }
 }
 
 /// The status line a launcher shows on a terminal while it waits for readiness.

@@ -26,7 +26,7 @@ pub(crate) enum Record {
     /// The daemon is ready.
     Ready,
     /// The daemon failed and asks the launcher to exit with `code`, printing `message`.
-    Error { code: i32, message: String },
+    Error { code: u8, message: String },
     /// A status line for the supervisor.
     Status(String),
 }
@@ -51,7 +51,7 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
         Record::Ready => out.push(READY_TAG),
         Record::Error { code, message } => {
             out.push(ERROR_TAG);
-            out.extend_from_slice(&code.to_le_bytes());
+            out.extend_from_slice(&u32::from(*code).to_le_bytes());
             text(&mut out, message);
         }
         Record::Status(s) => {
@@ -109,7 +109,7 @@ impl Decoder {
                 let Some(text) = self.buf.get(start..start + len as usize) else { return Ok(None) };
                 let text = String::from_utf8_lossy(text).into_owned();
                 let record = if tag == ERROR_TAG {
-                    let code = u32_at(&self.buf, 1).unwrap_or(1) as i32;
+                    let code = u8::try_from(u32_at(&self.buf, 1).unwrap_or(1)).unwrap_or(u8::MAX);
                     Record::Error { code, message: text }
                 } else {
                     Record::Status(text)

@@ -30,7 +30,7 @@ use std::time::Duration;
 use nix::unistd::Pid;
 
 use crate::daemon::Prepared;
-use crate::daemon::launcher::{Outcome, Subreaper, abort, report_pipe, until_ready};
+use crate::daemon::launcher::{Outcome, Subreaper, abort, relocation_failed, report_pipe, until_ready};
 use crate::daemon::watch::{Event, Received, Signals, Watch};
 use crate::error::DaemonizeError;
 use crate::process::Process;
@@ -70,7 +70,7 @@ impl Resident<'_> {
         plan.report = write_end.as_raw_fd();
         plan.new_pgrp = signal_group || terminal.is_some();
         plan.tty = terminal.as_ref().map_or(-1, |t| t.fd.as_raw_fd());
-        plan.seal();
+        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!(terminal = terminal.is_some(), "starting the program as conjure's child (resident)");
         let spawned = sys::spawn(&mut plan, false).map_err(|e| prepared.abandon(e))?;
         drop(write_end);

@@ -43,7 +43,7 @@ pub(crate) enum Event {
     /// A library daemon said it is ready.
     DaemonReady,
     /// A library daemon reported its own failure.
-    DaemonError { code: i32, message: String },
+    DaemonError { code: u8, message: String },
     /// A library daemon's status line.
     DaemonStatus(String),
     /// The readiness source said ready (only ever after the exec).
