@@ -643,3 +643,18 @@ fn env_without_a_value_sets_the_variable_empty() {
     assert_eq!(env.get("EMPTY").map(String::as_str), Some(""));
     assert_eq!(env.get("SET").map(String::as_str), Some("1"));
 }
+
+#[test]
+fn output_files_are_appended_to_so_that_copytruncate_leaves_no_hole() {
+    let s = Scratch::new();
+    let (pidfile, log) = (s.join("d.pid"), s.join("app.log"));
+    nix::unistd::mkfifo(&s.join("go"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = "echo first; read x < \"$0\"; echo second";
+    let daemon = start(argv!["-p", &pidfile, "-o", &log, "--", "sh", "-c", script, s.join("go")], &pidfile);
+    wait_for_content(&log, "first\n");
+    // logrotate's copytruncate: the file is emptied under the daemon's feet.
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::write(s.join("go"), "\n").unwrap();
+    wait_for_content(&log, "second\n");
+    drop(daemon);
+}

@@ -418,3 +418,21 @@ fn a_program_that_dies_before_it_is_ready_without_output_says_where_output_went(
     .run();
     assert!(out.one_line_of_stderr().ends_with(&format!("(it wrote nothing to `{}`)", log.display())), "{out}");
 }
+
+#[test]
+fn an_output_path_that_is_a_directory_fails_with_73_and_leaves_no_empty_pidfile() {
+    let s = Scratch::new();
+    let (pidfile, dir) = (s.join("d.pid"), s.join("logs"));
+    std::fs::create_dir(&dir).unwrap();
+    let out = conjure(argv!["-p", &pidfile, "-o", &dir, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 73, &[&dir.display().to_string(), "Is a directory"], &s, &pidfile);
+}
+
+#[test]
+fn a_missing_directory_for_a_file_source_leaves_no_empty_pidfile() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let source = format!("file:{}", s.join("missing/ready").display());
+    let out = conjure(argv!["-p", &pidfile, "--ready-on", source, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 64, &["missing"], &s, &pidfile);
+}
