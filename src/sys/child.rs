@@ -51,6 +51,7 @@ impl Stage {
             Exec,
             Fds,
             ProcessGroup,
+            Identity,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -560,6 +561,8 @@ mod tests {
             }
         }
         assert_eq!(Stage::from_u8(11), Some(Stage::Exec));
+        // Every stage the child can report comes back from its byte.
+        assert_eq!((1..=255u8).filter_map(Stage::from_u8).count(), Stage::Identity as usize);
         assert_eq!(Stage::from_u8(0), None);
     }
 }
