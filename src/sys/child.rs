@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
+use super::env::Envp;
 use super::signals::reset_signals;
 
 /// Where in the child a step failed; sent to the launcher with the errno.
@@ -93,37 +94,14 @@ pub(crate) struct ExecPlan {
     path: CString,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
-    env: Vec<Vec<u8>>,
-    envp: Vec<*const libc::c_char>,
-    /// Entries of `env` that end in a pid the child fills in (`LISTEN_PID=`): index and the
-    /// offset where the digits go.
-    pid_slots: Vec<(usize, usize)>,
+    env: Envp,
 }
 
-/// Room for a pid in decimal, and its NUL.
-const PID_ROOM: usize = 12;
-
 impl ExecPlan {
-    /// Builds the argv and envp arrays. `env` entries are `KEY=VALUE` byte strings without NUL;
-    /// `pid_vars` name the variables whose value is the exec'd process's own pid.
-    pub(crate) fn new(path: CString, argv: Vec<CString>, env: Vec<Vec<u8>>, pid_vars: &[&str]) -> Self {
-        let mut env = env;
-        let mut pid_slots = Vec::new();
-        for var in pid_vars {
-            let mut entry = format!("{var}=").into_bytes();
-            let offset = entry.len();
-            entry.resize(offset + PID_ROOM, 0);
-            pid_slots.push((env.len(), offset));
-            env.push(entry);
-        }
-        for entry in &mut env {
-            if entry.last() != Some(&0) {
-                entry.push(0);
-            }
-        }
+    /// Builds the argv array; `env` is the environment, built by [`Envp::inherit`].
+    pub(crate) fn new(path: CString, argv: Vec<CString>, env: Envp) -> Self {
         let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp = env.iter().map(|e| e.as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect();
-        ExecPlan { path, _argv: argv, argv_ptrs, env, envp, pid_slots }
+        ExecPlan { path, _argv: argv, argv_ptrs, env }
     }
 }
 
@@ -525,17 +503,11 @@ pub(crate) unsafe fn exec(plan: &mut ExecPlan) -> Failure {
     let pid = unsafe { libc::getpid() };
     let mut digits = [0u8; 11];
     let n = decimal(pid as u32, &mut digits);
-    for &(index, offset) in &plan.pid_slots {
-        if let Some(entry) = plan.env.get_mut(index) {
-            if let Some(slot) = entry.get_mut(offset..offset + n + 1) {
-                slot[..n].copy_from_slice(&digits[..n]);
-                slot[n] = 0;
-            }
-        }
-    }
+    plan.env.fill_pid(digits.get(..n).unwrap_or(&[]));
     // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
-    // live as long as `plan`; execve only returns on failure.
-    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp.as_ptr()) };
+    // live as long as `plan` (the inherited environment entries: see `env.rs`); execve only
+    // returns on failure.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env.as_ptr()) };
     fail(Stage::Exec)
 }
 #[cfg(test)]

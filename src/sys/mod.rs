@@ -25,6 +25,7 @@ use crate::error::DaemonizeError;
 
 mod child;
 mod creds;
+mod env;
 mod fds;
 mod pids;
 mod signals;
@@ -32,6 +33,7 @@ mod signals;
 pub(crate) use child::{ChildPlan, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
 use child::{exec, fail, report_failure, setup};
 pub(crate) use creds::with_fs_identity;
+pub(crate) use env::Envp;
 pub(crate) use fds::*;
 pub(crate) use pids::*;
 pub(crate) use signals::*;
