@@ -21,7 +21,8 @@
 //!
 //! Benchmarks report; they do not assert. `CONJURE_BENCH_ROUNDS=N` scales the rounds;
 //! `CONJURE_BENCH_ONLY=launch,concurrent,counts,rss,ready,listen,relay,orphans` picks sections;
-//! `CONJURE_BENCH_EXTRA=/path/a,/path/b` adds launch rows for other conjure builds (to compare
+//! `CONJURE_BENCH_EXTRA=/path/a,/path/b` adds launch rows for other conjure builds, and
+//! `CONJURE_BENCH_CONJURE=/path` puts another build in the shipped binary's place (to compare
 //! profiles).
 
 use std::os::unix::net::UnixDatagram;
@@ -147,11 +148,14 @@ impl Tools {
             if !ok {
                 notes.push(format!("note: no static conjure ({profile}): `rustup target add {MUSL}`?"));
             }
-            let dir = if profile == "release" { "release" } else { profile };
-            ok.then(|| target.join(MUSL).join(dir).join("conjure"))
+            ok.then(|| target.join(MUSL).join(profile).join("conjure"))
         };
-        let conjure_static = build("release-static");
-        let conjure_static_symbols = build("release");
+        // CONJURE_BENCH_CONJURE: another build in the shipped binary's place (profile trials).
+        let conjure_static = match std::env::var_os("CONJURE_BENCH_CONJURE") {
+            Some(path) => Some(PathBuf::from(path)),
+            None => build("release-static"),
+        };
+        let conjure_static_symbols = build("release-static-symbols");
         let which = |name: &str| -> Option<PathBuf> {
             std::env::var_os("PATH")
                 .into_iter()
@@ -1092,7 +1096,11 @@ fn orphans(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     let conjure = t.conjure();
     let run = |pid1: &Path, args: &[&str]| -> Option<f64> {
         let mut c = Command::new(unshare);
-        c.args(["--pid", "--fork", "--kill-child", "--"]).arg(pid1).args(args).arg(floor).args(["orphans", N]);
+        c.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+            .arg(pid1)
+            .args(args)
+            .arg(floor)
+            .args(["orphans", N]);
         timed(&mut c).map(|us| us / 1e3)
     };
     let mut cases: Vec<Case<'_>> = vec![("conjure -f as PID 1".into(), Box::new(|| run(conjure, &["-f", "--"])))];
