@@ -12,7 +12,17 @@ use nix::sys::signal::SigSet;
 /// With `keep_sigpipe_ignored` (the library's daemon, which goes on running Rust code), SIGPIPE
 /// is ignored instead, as Rust programs start: a write to a closed socket returns EPIPE rather
 /// than killing the daemon without a word.
+///
+/// Before an exec (`keep_sigpipe_ignored == false`) each reset is one raw `rt_sigaction`
+/// where the kernel's layout is known: the C library's wrapper adds work per signal (musl
+/// blocks and restores every signal around SIGABRT's, and refuses its reserved ones), which
+/// made the reset the child's costliest step. The library's daemon keeps the C library's
+/// view: it goes on running on it, and its reserved signals' handlers stay its own.
 pub(super) fn reset_signals(sigmax: libc::c_int, keep_sigpipe_ignored: bool) {
+    if !keep_sigpipe_ignored && reset_raw(sigmax) {
+        clear_mask();
+        return;
+    }
     // SAFETY: an all-zero sigaction is a valid value: SIG_DFL handler, empty mask, no flags.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
@@ -34,11 +44,58 @@ pub(super) fn reset_signals(sigmax: libc::c_int, keep_sigpipe_ignored: bool) {
             libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());
         }
     }
+    clear_mask();
+}
+
+/// Clears the calling thread's signal mask.
+fn clear_mask() {
     // SAFETY: an empty set, then sigprocmask with a valid pointer and no old set.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// Sets every signal from 1 to `sigmax` (but KILL and STOP) to SIG_DFL with one raw
+/// `rt_sigaction` each, the C library's reserved ones included (the process is about to exec,
+/// which would reset their handlers anyway). `false` where the kernel's layout is not known
+/// here: then nothing was done. Async-signal-safe.
+fn reset_raw(sigmax: libc::c_int) -> bool {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        const SIGSET_SIZE: usize = 8;
+        let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+        for sig in 1..=sigmax {
+            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            // SAFETY: rt_sigaction with a valid SIG_DFL action of the kernel's layout and no
+            // old action; an error (none is expected) leaves that signal as it was.
+            unsafe {
+                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), SIGSET_SIZE)
+            };
+        }
+        true
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )))]
+    {
+        let _ = sigmax;
+        false
     }
 }
 
