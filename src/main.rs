@@ -19,10 +19,7 @@ fn main() -> ExitCode {
     let journal = log::stderr_is_journal();
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // A plain start line is read without clap; anything else goes to clap (see argv.rs).
-    let parsed = match argv::parse(&args) {
-        Some(cli) => Ok(cli),
-        None => Cli::try_parse_from(subcommand_first(args)),
-    };
+    let parsed = argv::parse(args).or_else(|args| Cli::try_parse_from(subcommand_first(args)));
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

@@ -401,15 +401,12 @@ impl Launcher {
         rewrite_listen_pid: bool,
         source_env: Option<(&'static str, String)>,
     ) -> Result<ExecPlan, DaemonizeError> {
-        let mut argv = Vec::with_capacity(self.args.len() + 1);
-        for arg in std::iter::once(&self.program).chain(&self.args) {
-            if arg.as_bytes().contains(&0) {
-                return Err(DaemonizeError::invalid(format!(
-                    "invalid argument `{}`: contains NUL",
-                    arg.to_string_lossy()
-                )));
-            }
-            argv.push(cstring(arg.as_bytes()));
+        let argv = std::iter::once(&self.program).chain(&self.args).map(|a| a.as_bytes());
+        if let Some(arg) = argv.clone().find(|a| a.contains(&0)) {
+            return Err(DaemonizeError::invalid(format!(
+                "invalid argument `{}`: contains NUL",
+                String::from_utf8_lossy(arg)
+            )));
         }
         // What conjure sets, last setting first wins: the source's socket, then `-E`, then the
         // identity's variables; everything else is the launcher's own environment, passed by

@@ -92,16 +92,32 @@ impl Ids {
 #[derive(Debug)]
 pub(crate) struct ExecPlan {
     path: CString,
-    _argv: Vec<CString>,
+    /// Every argument and its NUL, one after the other: one allocation, however many there are.
+    _args: Box<[u8]>,
+    /// Pointers into `_args`, then NULL.
     argv_ptrs: Vec<*const libc::c_char>,
     env: Envp,
 }
 
 impl ExecPlan {
-    /// Builds the argv array; `env` is the environment, built by [`Envp::inherit`].
-    pub(crate) fn new(path: CString, argv: Vec<CString>, env: Envp) -> Self {
-        let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        ExecPlan { path, _argv: argv, argv_ptrs, env }
+    /// Builds the argv array from `argv` (without NUL bytes, which validation refused); `env`
+    /// is the environment, built by [`Envp::inherit`].
+    pub(crate) fn new<'a>(path: CString, argv: impl Iterator<Item = &'a [u8]> + Clone, env: Envp) -> Self {
+        let len = argv.clone().map(|a| a.len() + 1).sum();
+        let mut args = Vec::with_capacity(len);
+        let mut starts = Vec::new();
+        for arg in argv {
+            starts.push(args.len());
+            // A NUL inside (validation refuses them) would only cut that argument short.
+            args.extend_from_slice(arg);
+            args.push(0);
+        }
+        let args = args.into_boxed_slice();
+        let base: *const libc::c_char = args.as_ptr().cast();
+        // `wrapping_add` stays inside `args` (every start is below its length).
+        let argv_ptrs =
+            starts.iter().map(|&at| base.wrapping_add(at)).chain(std::iter::once(std::ptr::null())).collect();
+        ExecPlan { path, _args: args, argv_ptrs, env }
     }
 }
 

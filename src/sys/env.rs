@@ -65,18 +65,17 @@ impl Envp {
             entry.resize(entry.len() + PID_ROOM, 0);
             own.push(entry.into_boxed_slice());
         }
-        // A variable set here replaces every inherited one of that name.
-        let replaced = |key: &[u8]| {
-            drop.contains(&key) || own.iter().any(|e| e.starts_with(key) && e.get(key.len()) == Some(&b'='))
-        };
+        // A variable set here replaces every inherited one of that name. Only the names are
+        // compared, byte by byte from the start of each entry: an entry's value is never read
+        // (100 KB of environment cost nothing more than its pointers).
+        let mut names: Vec<&[u8]> = drop.to_vec();
+        names.extend(own.iter().map(|e| e.split(|b| *b == b'=').next().unwrap_or(&[])));
         let inherited = inherited_entries();
         let mut ptrs = Vec::with_capacity(inherited.len() + own.len() + 1);
         for &entry in inherited {
             // SAFETY: every element before the NULL is a NUL-terminated string (environ(7)),
             // valid while nothing changes the environment (module documentation).
-            let bytes = unsafe { std::ffi::CStr::from_ptr(entry) }.to_bytes();
-            let key = bytes.iter().position(|b| *b == b'=').map_or(bytes, |eq| &bytes[..eq]);
-            if !replaced(key) {
+            if !names.iter().any(|name| unsafe { names_variable(entry, name) }) {
                 ptrs.push(entry);
             }
         }
@@ -103,6 +102,28 @@ impl Envp {
     pub(super) fn as_ptr(&self) -> *const *const c_char {
         self.ptrs.as_ptr()
     }
+}
+
+/// Whether the `KEY=VALUE` string at `entry` is the variable `name` (its bytes, then `=`).
+/// Reads at most `name.len() + 1` bytes, and none past the string's NUL.
+///
+/// # Safety
+///
+/// `entry` must point to a NUL-terminated string.
+unsafe fn names_variable(entry: *const c_char, name: &[u8]) -> bool {
+    // A name with a NUL names no variable (and would let the loop below read past the string).
+    if name.contains(&0) {
+        return false;
+    }
+    for (i, &want) in name.iter().chain(b"=").enumerate() {
+        // SAFETY: the bytes before `i` matched `name`, which holds no NUL, so the string goes on
+        // at least to `i` (its NUL, at the latest, is there).
+        let got = unsafe { *entry.add(i) } as u8;
+        if got != want {
+            return false;
+        }
+    }
+    true
 }
 
 /// The entries of `environ`, up to its NULL, as a slice of pointers.
