@@ -295,12 +295,17 @@ impl Watch {
             }
         }
         let source_fd = if self.exec_done() { self.source.as_ref().and_then(Armed::fd) } else { None };
-        let mut fds = Vec::with_capacity(5);
-        let report_at = slot(self.report.as_ref().map(AsFd::as_fd), &mut fds);
-        let source_at = slot(source_fd, &mut fds);
-        let notify_at = slot(self.notify.as_ref().map(AsFd::as_fd), &mut fds);
-        let signals_at = slot(self.signals.as_ref().map(|s| s.fd.as_fd()), &mut fds);
-        let pidfd_at = slot(self.process.pidfd(), &mut fds);
+        // On the stack, not in a Vec: this runs once per event, a relayed datagram included,
+        // and musl's allocator is slow.
+        let wanted = [
+            self.report.as_ref().map(AsFd::as_fd),
+            source_fd,
+            self.notify.as_ref().map(AsFd::as_fd),
+            self.signals.as_ref().map(|s| s.fd.as_fd()),
+            self.process.pidfd(),
+        ];
+        let mut fds = PollSet::new(&wanted);
+        let [report_at, source_at, notify_at, signals_at, pidfd_at] = wanted.map(|fd| fds.add(fd));
 
         let probe_at = self.next_probe.filter(|_| self.exec_done());
         let mut wake = [self.deadline, probe_at, self.tick.map(|t| t.1)].into_iter().flatten().min();
@@ -310,14 +315,13 @@ impl Watch {
             let soon = Instant::now() + Duration::from_millis(100);
             wake = Some(wake.map_or(soon, |w| w.min(soon)));
         }
-        match poll(&mut fds, timeout_until(wake)) {
+        match poll(fds.as_mut(), timeout_until(wake)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(DaemonizeError::sys("poll", e)),
         }
-        let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty());
+        let ready = |i: Option<usize>| fds.ready(i);
         let (report, source, notify, signals, pidfd) =
             (ready(report_at), ready(source_at), ready(notify_at), ready(signals_at), ready(pidfd_at));
-        drop(fds);
 
         if report {
             self.read_report()?;
@@ -505,12 +509,45 @@ impl Watch {
     }
 }
 
-/// Adds `fd` to the poll set, if there is one; returns its index.
-fn slot<'a>(fd: Option<BorrowedFd<'a>>, fds: &mut Vec<PollFd<'a>>) -> Option<usize> {
-    fd.map(|fd| {
-        fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        fds.len() - 1
-    })
+/// The fds of one `poll`, at most five, in a fixed array: no allocation per wait.
+struct PollSet<'a> {
+    /// `None` when there is nothing to poll (then `poll` only waits).
+    fds: Option<[PollFd<'a>; 5]>,
+    len: usize,
+}
+
+impl<'a> PollSet<'a> {
+    /// An empty set; unused slots hold a copy of the first fd of `wanted`, never polled.
+    fn new(wanted: &[Option<BorrowedFd<'a>>; 5]) -> PollSet<'a> {
+        let fds = wanted
+            .iter()
+            .flatten()
+            .next()
+            .map(|&filler| std::array::from_fn(|i| PollFd::new(wanted[i].unwrap_or(filler), PollFlags::empty())));
+        PollSet { fds, len: 0 }
+    }
+
+    /// Adds `fd`, if there is one, for reading; returns its index.
+    fn add(&mut self, fd: Option<BorrowedFd<'a>>) -> Option<usize> {
+        let fd = fd?;
+        let slot = self.fds.as_mut()?.get_mut(self.len)?;
+        *slot = PollFd::new(fd, PollFlags::POLLIN);
+        self.len += 1;
+        Some(self.len - 1)
+    }
+
+    fn as_mut(&mut self) -> &mut [PollFd<'a>] {
+        match self.fds.as_mut() {
+            Some(fds) => &mut fds[..self.len],
+            None => &mut [],
+        }
+    }
+
+    /// Whether the fd at `index` had an event.
+    fn ready(&self, index: Option<usize>) -> bool {
+        let fd = index.and_then(|i| self.fds.as_ref()?.get(i));
+        fd.and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
+    }
 }
 
 fn read_error(source: io::Error) -> DaemonizeError {
