@@ -248,13 +248,15 @@ fn load() -> String {
 // ------------------------------------------------------------------------------------------
 // Statistics
 
-/// Median and spread (10th and 90th percentiles) of samples, in the samples' unit.
-#[derive(Clone, Copy, Default)]
+/// Median and spread (10th and 90th percentiles) of samples, in the samples' unit, and the
+/// samples themselves, by round (NaN where a round failed), for paired ratios.
+#[derive(Clone, Default)]
 struct Stats {
     median: f64,
     p10: f64,
     p90: f64,
     n: usize,
+    by_round: Vec<f64>,
 }
 
 impl Stats {
@@ -265,17 +267,30 @@ impl Stats {
         }
         v.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Stats { median: at(0.5), p10: at(0.1), p90: at(0.9), n: v.len() }
+        Stats { median: at(0.5), p10: at(0.1), p90: at(0.9), n: v.len(), by_round: samples.to_vec() }
+    }
+
+    /// This against `base`: the median of the ratios of samples taken in the same round (next
+    /// to each other in time, so under the same load), or of the medians when the two were not
+    /// taken in rounds together. `None` without a baseline.
+    fn ratio(&self, base: &Stats) -> Option<f64> {
+        if base.median <= 0.0 {
+            return None;
+        }
+        if self.by_round.len() == base.by_round.len() {
+            let paired: Vec<f64> = self.by_round.iter().zip(&base.by_round).map(|(a, b)| a / b).collect();
+            let s = Stats::of(&paired);
+            if s.n > 0 {
+                return Some(s.median);
+            }
+        }
+        Some(self.median / base.median)
     }
 }
 
 /// Prints one row: the name, median and spread, and ratios against the named baselines.
-fn row(name: &str, unit: &str, s: Stats, baselines: &[(&str, Stats)]) {
-    let ratios: Vec<String> = baselines
-        .iter()
-        .filter(|(_, b)| b.median > 0.0)
-        .map(|(n, b)| format!("{:.2}× {n}", s.median / b.median))
-        .collect();
+fn row(name: &str, unit: &str, s: &Stats, baselines: &[(&str, Stats)]) {
+    let ratios: Vec<String> = baselines.iter().filter_map(|(n, b)| Some(format!("{:.2}× {n}", s.ratio(b)?))).collect();
     println!(
         "  {name:<52} {:>9.1}{unit} [{:>8.1} – {:>8.1}] n={:<4} {}",
         s.median,
@@ -300,9 +315,7 @@ fn interleave(cases: &mut [Case<'_>], rounds: usize) -> Vec<Vec<f64>> {
     for r in 0..rounds {
         for k in 0..cases.len() {
             let i = (k + r) % cases.len();
-            if let Some(x) = (cases[i].1)() {
-                samples[i].push(x);
-            }
+            samples[i].push((cases[i].1)().unwrap_or(f64::NAN));
         }
     }
     samples
@@ -515,27 +528,28 @@ fn launch(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     let samples = interleave(&mut cases, rounds);
     let stats: Vec<(String, Stats)> =
         cases.iter().map(|(n, _)| n.clone()).zip(samples.iter().map(|s| Stats::of(s))).collect();
-    let get = |prefix: &str| stats.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, s)| *s);
+    let get = |prefix: &str| stats.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, s)| s.clone());
     let floor_dyn = get("C floor, glibc");
     let floor_static = get("C floor, musl");
     let mut bases: Vec<(&str, Stats)> = Vec::new();
-    bases.extend(floor_static.map(|s| ("C musl static", s)));
-    bases.extend(floor_dyn.map(|s| ("C glibc", s)));
+    bases.extend(floor_static.clone().map(|s| ("C musl static", s)));
+    bases.extend(floor_dyn.clone().map(|s| ("C glibc", s)));
     for (name, s) in &stats {
-        row(name, "µs", *s, &bases);
+        row(name, "µs", s, &bases);
     }
-    let ratio = |a: Option<Stats>, b: Option<Stats>| match (a, b) {
-        (Some(a), Some(b)) if b.median > 0.0 => Some(a.median / b.median),
-        _ => None,
-    };
+    let ratio = |a: Option<Stats>, b: Option<Stats>| a?.ratio(&b?);
     let mut say = |what: &str, r: Option<f64>, against: &str| {
         if let Some(r) = r {
             readme.push(format!("| {what} | {r:.2}× | {against} |"));
         }
     };
     let shipped = get("conjure -- /bin/true (shipped");
-    say("launch to exec, shipped binary", ratio(shipped, floor_static), "C floor, musl static (goal ≤ 1.10)");
-    say("launch to exec, shipped binary", ratio(shipped, floor_dyn), "C floor, glibc dynamic (goal ≤ 1.0)");
+    say("launch to exec, shipped binary", ratio(shipped.clone(), floor_static), "C floor, musl static (goal ≤ 1.10)");
+    say(
+        "launch to exec, shipped binary",
+        ratio(shipped.clone(), floor_dyn.clone()),
+        "C floor, glibc dynamic (goal ≤ 1.0)",
+    );
     say(
         "launch to exec, glibc dynamic build",
         ratio(get("conjure -- /bin/true (glibc"), floor_dyn),
@@ -602,14 +616,14 @@ fn concurrent(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     }
     let samples = interleave(&mut cases, rounds);
     let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
-    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("C floor", *s)).into_iter().collect();
+    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("C floor", s.clone())).into_iter().collect();
     for ((name, _), s) in cases.iter().zip(&stats) {
-        row(name, "µs", *s, &base);
+        row(name, "µs", s, &base);
     }
     if let Some(b) = stats.get(1).filter(|b| b.median > 0.0) {
         readme.push(format!(
             "| 32 concurrent launches | {:.2}× | C floor, same linking (goal ≤ 1.0) |",
-            stats[0].median / b.median
+            stats[0].ratio(b).unwrap_or(f64::NAN)
         ));
     }
 }
@@ -923,20 +937,23 @@ fn ready_latency(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     ));
     let samples = interleave(&mut cases, rounds);
     let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
-    let find = |p: &str| cases.iter().position(|(n, _)| n.starts_with(p)).map(|i| stats[i]);
+    let find = |p: &str| cases.iter().position(|(n, _)| n.starts_with(p)).map(|i| stats[i].clone());
     let sdd = find("launcher exit: start-stop");
     let direct = find("datagram: the program");
     for ((name, _), s) in cases.iter().zip(&stats) {
-        let base: Vec<(&str, Stats)> =
-            if name.starts_with("launcher") { sdd.map(|s| ("sdd", s)) } else { direct.map(|s| ("direct", s)) }
-                .into_iter()
-                .collect();
-        row(name, "µs", *s, &base);
+        let base: Vec<(&str, Stats)> = if name.starts_with("launcher") {
+            sdd.clone().map(|s| ("sdd", s))
+        } else {
+            direct.clone().map(|s| ("direct", s))
+        }
+        .into_iter()
+        .collect();
+        row(name, "µs", s, &base);
     }
     if let (Some(c), Some(s)) = (find("launcher exit: conjure"), sdd) {
         readme.push(format!(
             "| READY=1 to launcher exit | {:.2}× | start-stop-daemon --notify-await (goal ≤ 1.0) |",
-            c.median / s.median
+            c.ratio(&s).unwrap_or(f64::NAN)
         ));
     }
     if let (Some(c), Some(d)) = (find("datagram: conjure"), direct) {
@@ -1011,7 +1028,7 @@ fn listen_latency(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     )];
     let samples = interleave(&mut cases, rounds);
     let s = Stats::of(&samples[0]);
-    row(&cases[0].0, "µs", s, &[]);
+    row(&cases[0].0, "µs", &s, &[]);
     readme.push(format!("| listen() to ready (tcp:) | {:.2} ms | absolute (goal ≤ 1 ms) |", s.median / 1e3));
 }
 
@@ -1074,8 +1091,8 @@ fn relay(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     }
     let (d, r) = (Stats::of(&direct), Stats::of(&relayed));
     let lost = |relayed: usize| losses.iter().filter(|(k, _)| *k == relayed).map(|(_, l)| *l).max().unwrap_or(0);
-    row("direct: the program to the socket", "k/s", d, &[]);
-    row("relayed: through resident conjure", "k/s", r, &[("direct", d)]);
+    row("direct: the program to the socket", "k/s", &d, &[]);
+    row("relayed: through resident conjure", "k/s", &r, &[("direct", d.clone())]);
     println!("  most lost in a run: direct {}, relayed {}", lost(0), lost(1));
     if d.median > 0.0 {
         readme.push(format!(
@@ -1109,14 +1126,14 @@ fn orphans(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     }
     let samples = interleave(&mut cases, rounds);
     let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
-    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("tini", *s)).into_iter().collect();
+    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("tini", s.clone())).into_iter().collect();
     for ((name, _), s) in cases.iter().zip(&stats) {
-        row(name, "ms", *s, &base);
+        row(name, "ms", s, &base);
     }
     if let Some(b) = stats.get(1).filter(|b| b.median > 0.0) {
         readme.push(format!(
             "| 10,000 orphans reaped as PID 1 | {:.2}× | tini (goal ≤ 1.0) |",
-            stats[0].median / b.median
+            stats[0].ratio(b).unwrap_or(f64::NAN)
         ));
     }
 }

@@ -442,13 +442,19 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         let mut line = [0u8; 12];
         line[..n].copy_from_slice(&buf[..n]);
         line[n] = b'\n';
-        // SAFETY: ftruncate and pwrite on an fd we hold, with a valid buffer.
-        check(unsafe { libc::ftruncate(plan.pidfile, 0) }, Stage::Pidfile)?;
-        // SAFETY: as above.
+        // Written over what is there, then cut to its length: on ext4 a truncation to zero of
+        // a file written moments ago waits for that data to reach the disk (hundreds of µs, at
+        // every restart), where cutting to the length just written changes nothing unless the
+        // old pid was longer. A reader sees the old pid, the new one, or the new one followed
+        // by the tail of the old for an instant (it holds no lock; conjure's readers ask the
+        // lock first), as it saw an empty file before.
+        // SAFETY: pwrite and ftruncate on an fd we hold, with a valid buffer.
         let w = unsafe { libc::pwrite(plan.pidfile, line.as_ptr().cast(), n + 1, 0) };
         if w != (n + 1) as isize {
             return Err(fail(Stage::Pidfile));
         }
+        // SAFETY: as above.
+        check(unsafe { libc::ftruncate(plan.pidfile, (n + 1) as libc::off_t) }, Stage::Pidfile)?;
     }
     for &(from, to) in &plan.moves {
         if from == to {
