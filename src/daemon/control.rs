@@ -5,7 +5,7 @@
 //! description, which only the process that opened it and its descendants can hold, and
 //! `/proc/PID/fdinfo` shows which fds hold it. So:
 //! - `stop` signals only processes that hold the pidfile's lock, and their trees (through
-//!   [`Process::terminate`]): the daemon the pidfile names, or, when that one is gone (a
+//!   `Process::terminate`): the daemon the pidfile names, or, when that one is gone (a
 //!   resident conjure killed with SIGKILL), the program that still holds the lock. A `tail -f`
 //!   of the pidfile or a monitoring agent that merely opened it holds no lock and is never
 //!   touched. The lock alone is trusted only where `/proc` cannot show holders (another user's
