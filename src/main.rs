@@ -170,7 +170,9 @@ fn start(args: Start) -> Result<Outcome, DaemonizeError> {
         .ready_timeout((!args.ready_timeout.is_zero()).then_some(args.ready_timeout))
         .kill_after(args.kill_after)
         .supervise(args.supervise)
-        .signal_group(args.signal_group);
+        .signal_group(args.signal_group)
+        .watchdog(args.watchdog)
+        .watchdog_timeout(args.watchdog_timeout.filter(|t| !t.is_zero()));
     for (from, to) in args.rewrite {
         launcher.rewrite(from, to);
     }
