@@ -102,10 +102,11 @@ impl Target {
         let me = std::process::id() as i32;
         let mut hidden = false;
         if let Some(tree) = tree {
+            // The program itself first: the common case costs its fd table alone, not a walk
+            // of every process for the rest of its tree.
             let program = tree.pid();
-            let members =
-                std::iter::once(program).filter(|p| *p > 0).chain(tree.members().into_iter().filter(|m| *m != program));
-            for pid in members {
+            let rest = || tree.members().into_iter().filter(move |m| *m != program);
+            for pid in std::iter::once(program).filter(|p| *p > 0).chain(std::iter::once_with(rest).flatten()) {
                 match holds(pid, &inodes) {
                     Ok(true) => return Owner::Program,
                     Ok(false) => {}
