@@ -567,6 +567,9 @@ fn a_killed_pidfile_publisher_is_a_failed_start_that_the_next_start_names() {
     let program = wait_until(PATIENCE, "the program", || {
         s.processes().into_iter().find(|p| Proc(*p).exe().is_some_and(|e| e.ends_with("readyprog")))
     });
+    // Killed even if this test fails halfway: its pidfile is not published, so no other
+    // guard finds it.
+    let _guard = Daemon::new(program, None);
     let watcher = wait_until(PATIENCE, "the watcher", || {
         s.processes().into_iter().find(|p| *p != program && Proc(*p).exe() == Some(conjure_bin()))
     });

@@ -71,9 +71,10 @@ pub enum Outcome {
         /// The daemon's pid (the program's, after exec).
         pid: i32,
     },
-    /// The pidfile sink in the background: this is the original launcher, which returns at
-    /// once; `watcher` (a detached copy of this process) waits for readiness and publishes the
-    /// pidfile. `run` returns in both processes, like `fork`.
+    /// The pidfile sink in the background, with a source other than `exec`: this is the
+    /// original launcher, which returns at once; `watcher` (a detached copy of this process)
+    /// waits for readiness and publishes the pidfile. `run` returns in both processes, like
+    /// `fork`.
     Detached {
         /// The watcher's pid.
         watcher: i32,

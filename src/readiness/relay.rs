@@ -577,6 +577,30 @@ mod tests {
         assert_eq!(classify(b"STOPPING=1", 0), Class::Essential);
     }
 
+    /// Fds waiting for a supervisor that does not read are bounded too: conjure's fd count
+    /// stays below a fixed cap whatever the program sends.
+    #[test]
+    fn queued_fds_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sup");
+        let _sup = UnixDatagram::bind(&path).unwrap();
+        let mut up = Upstream::new(path.into_os_string());
+        let open = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+        let before = open();
+        for _ in 0..40 {
+            let mut fds: Vec<OwnedFd> = (0..100).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
+            up.send(b"FDSTORE=1", &mut fds).unwrap();
+            assert!(fds.is_empty(), "the fds were neither queued nor closed");
+            assert!(up.queued_fds <= MAX_QUEUED_FDS);
+        }
+        assert!(up.pending(), "the supervisor's socket never filled");
+        assert_eq!(up.queued_fds, up.queue.iter().map(|p| p.fds.len()).sum::<usize>());
+        let grown = open().saturating_sub(before);
+        assert!(grown <= MAX_QUEUED_FDS + 1, "conjure holds {grown} more fds");
+        drop(up);
+        assert!(open() <= before + 1, "dropping the queue closes its fds");
+    }
+
     /// A supervisor that does not read: the queue stays bounded, status lines go first, READY
     /// and WATCHDOG stay, and everything arrives in order once it reads.
     #[test]
