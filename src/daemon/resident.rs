@@ -90,12 +90,16 @@ impl Resident<'_> {
         };
         let exec_source = matches!(armed, Armed::Exec);
         let mut watch = Watch::new(process, Some(read_end));
-        watch.source(armed, timeout).signals(signals).stops(terminal.is_some());
+        // Job control needs a shell above conjure to take the terminal back and resume the job:
+        // PID 1 has none (and cannot stop itself), so there a stopped program stays its own.
+        let job_control = terminal.is_some() && !pid1;
+        watch.source(armed, timeout).signals(signals).stops(job_control);
         let relay = sink == Sink::Notify;
         if let Some(host) = host {
             watch.notify(host);
         }
-        let mut forwarder = Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal };
+        let mut forwarder =
+            Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal, job_control };
 
         let started = until_ready(&mut watch, exec_source, prepared, program, |watch, event| {
             forwarder.other(watch, event, relay, false);
@@ -154,6 +158,8 @@ struct Forwarder<'a> {
     signal_group: bool,
     rewrite: &'a [(i32, i32)],
     terminal: Option<Terminal>,
+    /// Stop with the program, and resume with it (a terminal, and a shell above conjure).
+    job_control: bool,
 }
 
 impl Forwarder<'_> {
@@ -180,7 +186,7 @@ impl Forwarder<'_> {
         if let Err(e) = sent {
             tracing::debug!(signal, error = %e, "cannot forward");
         }
-        if self.terminal.is_some() && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        if self.job_control && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
             self.stop_with_the_program();
         }
     }
@@ -189,7 +195,7 @@ impl Forwarder<'_> {
     /// shell sees the job stopped and gets its prompt back.
     fn stopped(&mut self, watch: &Watch, sig: i32) {
         tracing::debug!(pid = watch.process.pid(), sig, "program stopped");
-        if self.terminal.is_some() {
+        if self.job_control {
             self.stop_with_the_program();
         }
     }
