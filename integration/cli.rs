@@ -9,9 +9,8 @@
 //! Rust program ignores SIGPIPE on its own at startup.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +33,7 @@ fn wrapped(wrap: Vec<OsString>, conjure: Vec<OsString>) -> TestCommand {
 
 /// A pseudo-terminal pair; both ends close-on-exec, so no other test's child inherits them.
 pub struct Pty {
-    _master: nix::pty::PtyMaster,
+    _master: std::fs::File,
     /// The terminal side.
     pub slave: std::fs::File,
     /// Its device number, as `/proc/PID/stat` shows a controlling terminal.
@@ -42,13 +41,7 @@ pub struct Pty {
 }
 
 pub fn open_pty() -> Pty {
-    use nix::fcntl::OFlag;
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-    nix::pty::grantpt(&master).expect("grantpt");
-    nix::pty::unlockpt(&master).expect("unlockpt");
-    let name = nix::pty::ptsname_r(&master).expect("ptsname");
-    let slave =
-        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&name).expect("open pty slave");
+    let (master, slave) = pty_pair();
     let rdev = slave.metadata().expect("stat pty").rdev();
     Pty { _master: master, slave, rdev }
 }
@@ -621,4 +614,40 @@ fn daemon_does_not_inherit_glibc_reserved_signals_ignored_by_posix_spawn() {
         return;
     }
     assert_eq!(daemon.proc().sigset("SigIgn"), 0, "the daemon inherited ignored reserved signals");
+}
+
+#[test]
+fn with_user_and_group_the_users_own_primary_group_stays_supplementary() {
+    require_root!();
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    // nobody's primary group is 65534; -g daemon (gid 1) makes 1 the process's group.
+    let daemon = start(argv!["-u", "nobody", "-g", "daemon", "-p", &pidfile, "--", "sleep", "60"], &pidfile);
+    assert_eq!(daemon.proc().ids("Gid"), [1; 4]);
+    assert_eq!(daemon.proc().ids("Groups"), [65534], "nobody's primary group is not a supplementary group");
+}
+
+#[test]
+fn env_without_a_value_sets_the_variable_empty() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let daemon = start(argv!["-p", &pidfile, "-E", "EMPTY", "-E", "SET=1", "--", "sleep", "60"], &pidfile);
+    let env = daemon.proc().environ();
+    assert_eq!(env.get("EMPTY").map(String::as_str), Some(""));
+    assert_eq!(env.get("SET").map(String::as_str), Some("1"));
+}
+
+#[test]
+fn output_files_are_appended_to_so_that_copytruncate_leaves_no_hole() {
+    let s = Scratch::new();
+    let (pidfile, log) = (s.join("d.pid"), s.join("app.log"));
+    nix::unistd::mkfifo(&s.join("go"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let script = "echo first; read x < \"$0\"; echo second";
+    let daemon = start(argv!["-p", &pidfile, "-o", &log, "--", "sh", "-c", script, s.join("go")], &pidfile);
+    wait_for_content(&log, "first\n");
+    // logrotate's copytruncate: the file is emptied under the daemon's feet.
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    std::fs::write(s.join("go"), "\n").unwrap();
+    wait_for_content(&log, "second\n");
+    drop(daemon);
 }

@@ -244,3 +244,39 @@ fn stop_also_stops_descendants_that_inherited_the_lock() {
     assert!(!pidfile.exists());
     status(&pidfile).assert_code(3);
 }
+
+#[test]
+fn stop_stops_the_program_of_a_resident_conjure_killed_with_sigkill() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let report = s.join("report");
+    let running =
+        TestCommand::conjure(argv!["-f", "--supervise", "-p", &pidfile, "--", testprog(), "fds-to", &report]).spawn();
+    let program: i32 = reported(&wait_for_file(&report), "pid").parse().unwrap();
+    assert_eq!(read_pidfile(&pidfile), running.pid(), "the pidfile names resident conjure");
+    running.kill();
+    assert!(Proc(program).alive() && lock_is_held(&pidfile), "the orphaned program should hold the lock");
+    status(&pidfile).assert_code(0);
+    let out = stop(argv!["-p", &pidfile, "--timeout", "5s"]);
+    out.assert_code(0);
+    wait_dead(program);
+    assert!(!pidfile.exists(), "pidfile left behind");
+}
+
+#[test]
+fn stop_that_cannot_remove_the_pidfile_says_so_and_fails() {
+    require_root!();
+    let s = Scratch::new();
+    let dir = s.join("run");
+    std::fs::create_dir(&dir).unwrap();
+    nix::unistd::chown(&dir, Some(65534.into()), Some(65534.into())).unwrap();
+    let pidfile = dir.join("d.pid");
+    as_unprivileged(65534, &conjure_bin(), argv!["-p", &pidfile, "--", "sleep", "60"]).expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    set_mode(&dir, 0o555);
+    let out = as_unprivileged(65534, &conjure_bin(), argv!["stop", "-p", &pidfile, "--timeout", "5s"]).run();
+    set_mode(&dir, 0o755);
+    out.assert_code(1);
+    assert!(out.one_line_of_stderr().contains(&format!("stopped pid {}, but cannot remove", daemon.pid)), "{out}");
+    wait_dead(daemon.pid);
+}

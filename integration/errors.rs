@@ -219,7 +219,7 @@ fn usage_errors_exit_64() {
     for args in [
         argv![],
         argv!["-p"],
-        argv!["-E", "NOEQUALS", "--", "sleep", "1"],
+        argv!["-E", "=VALUE", "--", "sleep", "1"],
         argv!["-E", "=x", "--", "sleep", "1"],
         argv!["-l", "/tmp/x.lock", "--no-lock", "--", "sleep", "1"],
         argv!["--keep-fd", "three", "--", "sleep", "1"],
@@ -329,4 +329,110 @@ fn help_lists_the_exit_codes_and_examples() {
     for needle in ["Type=forking", "conjure stop", "conjure status", "CONJURE_LOG"] {
         assert!(out.stdout.contains(needle), "--help does not mention {needle}\n{out}");
     }
+}
+
+#[test]
+fn a_program_that_dies_before_it_is_ready_shows_what_it_last_wrote() {
+    let s = Scratch::new();
+    let log = s.join("app.log");
+    std::fs::write(&log, "from an earlier run\n").unwrap();
+    let script = "for i in 1 2 3 4 5 6 7; do echo line $i; done; echo 'fatal: cannot bind 0.0.0.0:80' >&2; exit 3";
+    let out = TestCommand::conjure(argv![
+        "-p",
+        s.join("d.pid"),
+        "-a",
+        "-o",
+        &log,
+        "--ready-on",
+        "tcp:127.0.0.1:1",
+        "--",
+        "sh",
+        "-c",
+        script
+    ])
+    .run();
+    out.assert_code(70);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let head =
+        format!("conjure: `sh` exited with status 3 before it was ready; its last output, in `{}`:", log.display());
+    assert_eq!(lines.first().copied(), Some(head.as_str()), "{out}");
+    assert_eq!(
+        &lines[1..],
+        ["  | line 4", "  | line 5", "  | line 6", "  | line 7", "  | fatal: cannot bind 0.0.0.0:80"]
+    );
+    s.wait_no_process_left();
+}
+
+#[test]
+fn the_output_shown_is_this_runs_only_cut_and_cleaned() {
+    let s = Scratch::new();
+    let log = s.join("app.log");
+    std::fs::write(&log, "from an earlier run\n").unwrap();
+    let script = "printf 'x%.0s' $(seq 1 300); printf '\\033[31m red\\n'; exit 4";
+    let out = TestCommand::conjure(argv![
+        "-p",
+        s.join("d.pid"),
+        "-a",
+        "-o",
+        &log,
+        "--ready-on",
+        "tcp:127.0.0.1:1",
+        "--",
+        "sh",
+        "-c",
+        script
+    ])
+    .run();
+    out.assert_code(70);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "only this run's one line is shown\n{out}");
+    let shown = lines[1].strip_prefix("  | ").expect("marked");
+    assert_eq!(shown.chars().count(), 201, "cut at 200 characters and an ellipsis: {shown:?}");
+    assert!(shown.ends_with('…') && !shown.contains('\x1b'), "{shown:?}");
+}
+
+#[test]
+fn a_program_that_dies_before_it_is_ready_without_output_says_where_output_went() {
+    let s = Scratch::new();
+    let out =
+        TestCommand::conjure(argv!["-p", s.join("d.pid"), "--ready-on", "tcp:127.0.0.1:1", "--", "sh", "-c", "exit 3"])
+            .run();
+    out.assert_code(70);
+    assert!(
+        out.one_line_of_stderr().ends_with("before it was ready (its output went to /dev/null; keep it with -o FILE)"),
+        "{out}"
+    );
+    let log = s.join("quiet.log");
+    let out = TestCommand::conjure(argv![
+        "-p",
+        s.join("d.pid"),
+        "-o",
+        &log,
+        "--ready-on",
+        "tcp:127.0.0.1:1",
+        "--",
+        "sh",
+        "-c",
+        "exit 3"
+    ])
+    .run();
+    assert!(out.one_line_of_stderr().ends_with(&format!("(it wrote nothing to `{}`)", log.display())), "{out}");
+}
+
+#[test]
+fn an_output_path_that_is_a_directory_fails_with_73_and_leaves_no_empty_pidfile() {
+    let s = Scratch::new();
+    let (pidfile, dir) = (s.join("d.pid"), s.join("logs"));
+    std::fs::create_dir(&dir).unwrap();
+    let out = conjure(argv!["-p", &pidfile, "-o", &dir, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 73, &[&dir.display().to_string(), "Is a directory"], &s, &pidfile);
+}
+
+#[test]
+fn a_missing_directory_for_a_file_source_leaves_no_empty_pidfile() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let source = format!("file:{}", s.join("missing/ready").display());
+    let out = conjure(argv!["-p", &pidfile, "--ready-on", source, "--", "sleep", "60"]);
+    assert_failed_cleanly(&out, 64, &["missing"], &s, &pidfile);
 }

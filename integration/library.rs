@@ -93,7 +93,9 @@ fn library_daemon_has_only_stdio_and_its_lock_and_pristine_signals_after_a_hosti
     assert_ne!(blk & sigbit(libc::SIGRTMIN() + 5), 0, "precondition: RTMIN+5 blocked");
 
     let p = daemon.proc();
-    assert_eq!(p.sigset("SigIgn"), 0, "the daemon ignores signals");
+    // SIGPIPE stays ignored, as in every Rust program: a write to a closed socket must return
+    // EPIPE, not kill the daemon without a word.
+    assert_eq!(p.sigset("SigIgn"), sigbit(libc::SIGPIPE), "the daemon ignores signals other than SIGPIPE");
     assert_eq!(p.sigset("SigBlk"), 0, "the daemon blocks signals");
     let fds = p.fds();
     let extra: Vec<_> = fds.iter().filter(|(fd, _)| **fd > 2).collect();
@@ -407,7 +409,7 @@ fn library_privileges_are_dropped_and_output_files_chowned() {
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "the output file was not chowned");
     let meta = std::fs::metadata(&pidfile).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, 0), "the pidfile should stay root's");
-    wait_for_content(&out, "libdaemon out\nlibdaemon err\n");
+    wait_for_content(&out, "libdaemon out\nlibdaemon err\nUSER=nobody\nLOGNAME=nobody\nHOME=/nonexistent\n");
     assert!(lock_is_held(&pidfile));
 }
 
@@ -422,4 +424,99 @@ fn library_daemon_does_not_close_the_report_pipes_read_end_twice() {
     assert_eq!(out.stderr, "", "the launcher should be silent on success");
     let daemon = Daemon::from_pidfile(&pidfile);
     assert!(daemon.proc().alive());
+}
+
+#[test]
+fn library_daemon_keeps_a_file_it_opened_before_daemonizing() {
+    let s = Scratch::new();
+    let (pidfile, file) = (s.join("d.pid"), s.join("live.txt"));
+    let _daemon = start(argv!["--pidfile", &pidfile, "live-file", &file], &pidfile);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "alive\n", "the File opened before daemonize was closed");
+}
+
+#[test]
+fn library_daemon_refuses_to_report_ready_while_still_root_when_a_user_was_configured() {
+    require_root!();
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = lib(argv!["--pidfile", &pidfile, "--user", "nobody", "root-ready"]).run();
+    assert_failed_cleanly(&out, 77, "libdaemon: cannot report ready as uid 0 gid 0: …", &s, &pidfile);
+}
+
+#[test]
+fn library_drop_privileges_sets_user_logname_and_home() {
+    require_root!();
+    let s = Scratch::new();
+    let (pidfile, out) = (s.join("d.pid"), s.join("d.out"));
+    let daemon = start(argv!["--pidfile", &pidfile, "--user", "nobody", "--stdout", &out, "privdrop"], &pidfile);
+    assert_eq!(daemon.proc().ids("Uid"), [65534; 4]);
+    let home = nix::unistd::User::from_name("nobody").unwrap().unwrap().dir;
+    let expected = format!("libdaemon out\nUSER=nobody\nLOGNAME=nobody\nHOME={}\n", home.display());
+    wait_for_content(&out, &expected);
+}
+
+#[test]
+fn daemonize_with_binds_a_privileged_port_as_root_then_runs_as_the_user() {
+    require_root!();
+    let s = Scratch::new();
+    let (pidfile, out) = (s.join("d.pid"), s.join("d.out"));
+    let port = free_privileged_port();
+    let daemon =
+        start(argv!["--pidfile", &pidfile, "--user", "nobody", "--stdout", &out, "with", port.to_string()], &pidfile);
+    wait_for_content(&out, "uid 65534 listening true\n");
+    assert_eq!(daemon.proc().ids("Uid"), [65534; 4], "the daemon did not drop to nobody");
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the daemon does not hold the privileged port");
+}
+
+#[test]
+fn daemonize_with_reports_a_failing_init_to_the_launcher() {
+    require_root!();
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    // A port someone else holds fails to bind in the daemon's init.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let out = lib(argv!["--pidfile", &pidfile, "--user", "nobody", "with", port.to_string()]).run();
+    assert_failed_cleanly(&out, 70, "libdaemon: Address already in use (os error 98)", &s, &pidfile);
+}
+
+#[test]
+fn the_echo_server_example_daemonizes_binds_as_root_and_echoes_as_nobody() {
+    require_root!();
+    let s = Scratch::new();
+    let (pidfile, log) = (s.join("echo.pid"), s.join("echo.log"));
+    let port = free_privileged_port();
+    let mut c = TestCommand::new(example_bin("echo_server"));
+    c.args(argv![&pidfile, &log, port.to_string(), "nobody"]);
+    c.expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    assert_eq!(daemon.proc().ids("Uid"), [65534; 4]);
+    wait_for_content(&log, &format!("echo server {} listening\n", daemon.pid));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the echo server");
+    use std::io::{Read, Write};
+    stream.write_all(b"hello\n").unwrap();
+    let mut buf = [0u8; 6];
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello\n");
+    TestCommand::conjure(argv!["stop", "-p", &pidfile]).expect_success();
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn the_launcher_example_returns_once_the_program_listens() {
+    let s = Scratch::new();
+    let pidfile = s.join("web.pid");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut c = TestCommand::new(example_bin("launcher"));
+    c.args(argv![&pidfile, &port, example_bin("readyprog"), "--delay", "300", "listen-tcp", &port]);
+    let out = c.expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    assert!(out.stdout.ends_with(&format!("is ready as pid {}\n", daemon.pid)), "{out}");
+    std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).expect("ready, but not listening");
+}
+
+/// A TCP port below 1024 that nothing listens on now.
+fn free_privileged_port() -> u16 {
+    (900..1000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free privileged port")
 }

@@ -14,6 +14,7 @@ mod cli;
 mod containers;
 mod control;
 mod errors;
+mod hostile;
 mod initscript;
 mod library;
 mod lifecycle;

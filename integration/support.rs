@@ -923,3 +923,24 @@ impl FakeSupervisor {
 pub fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
 }
+
+/// A fresh pseudo-terminal: its master (non-blocking, close-on-exec) and its terminal side
+/// (close-on-exec, not made anyone's controlling terminal).
+pub fn pty_pair() -> (std::fs::File, std::fs::File) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let name = nix::pty::ptsname_r(&master).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&name)
+        .expect("open the pty");
+    let master = File::from(OwnedFd::from(master));
+    fcntl(master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR)).expect("non-blocking master");
+    (master, slave)
+}

@@ -7,8 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -27,23 +26,7 @@ struct Shell {
 
 impl Shell {
     fn start(s: &Scratch) -> Shell {
-        use nix::fcntl::OFlag;
-        let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-        nix::pty::grantpt(&master).expect("grantpt");
-        nix::pty::unlockpt(&master).expect("unlockpt");
-        let name = nix::pty::ptsname_r(&master).expect("ptsname");
-        let slave = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&name)
-            .expect("open the pty");
-        let master = File::from(OwnedFd::from(master));
-        nix::fcntl::fcntl(
-            master.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_RDWR),
-        )
-        .expect("non-blocking master");
+        let (master, slave) = pty_pair();
         let shell = Command::new("setsid")
             .args(["--ctty", "bash", "--norc", "--noprofile", "-i"])
             .current_dir(s.path())
@@ -167,4 +150,60 @@ fn ctrl_z_then_fg_finish_the_job() {
     wait_for_content(&out, "got hello\n");
     sh.expect(PROMPT);
     wait_dead(conjure);
+}
+
+#[test]
+fn a_long_wait_shows_one_updating_line_on_a_terminal_and_erases_it() {
+    let s = Scratch::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let (mut master, slave) = pty_pair();
+    let mut c = TestCommand::conjure(argv![
+        "-p",
+        s.join("d.pid"),
+        "--ready-on",
+        format!("tcp:127.0.0.1:{port}"),
+        "--ready-timeout",
+        "30s",
+        "--",
+        example_bin("readyprog"),
+        "--delay",
+        "2300",
+        "listen-tcp",
+        &port
+    ]);
+    c.command().stderr(slave);
+    let mut child = c.command().spawn().expect("spawn conjure");
+    let status = wait_until(PATIENCE, "conjure to report ready", || child.try_wait().expect("try_wait"));
+    assert_eq!(status.code(), Some(0));
+    let _daemon = Daemon::from_pidfile(&s.join("d.pid"));
+    let mut seen = Vec::new();
+    let _ = master.read_to_end(&mut seen);
+    let seen = String::from_utf8_lossy(&seen);
+    let line = format!("\r\x1b[Kconjure: waiting for tcp:127.0.0.1:{port}: ");
+    assert!(seen.contains(&format!("{line}1s (timeout 30s)")), "no status line on the terminal: {seen:?}");
+    assert!(seen.contains(&format!("{line}2s (timeout 30s)")), "the line was not updated: {seen:?}");
+    assert!(seen.ends_with("\r\x1b[K"), "the line was not erased at the end: {seen:?}");
+    assert!(!seen.contains('\n'), "more than one line: {seen:?}");
+}
+
+#[test]
+fn a_long_wait_is_silent_when_stderr_is_not_a_terminal() {
+    let s = Scratch::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let out = TestCommand::conjure(argv![
+        "-p",
+        s.join("d.pid"),
+        "--ready-on",
+        format!("tcp:127.0.0.1:{port}"),
+        "--",
+        example_bin("readyprog"),
+        "--delay",
+        "1300",
+        "listen-tcp",
+        &port
+    ])
+    .run();
+    out.assert_code(0);
+    let _daemon = Daemon::from_pidfile(&s.join("d.pid"));
+    assert_eq!(out.stderr, "", "the launcher wrote to a stderr that is no terminal");
 }

@@ -153,7 +153,7 @@ pub struct Start {
     /// Resident: forward signal FROM as signal TO (repeatable; names or numbers, e.g. TERM:QUIT).
     #[arg(long = "rewrite", value_name = "FROM:TO", value_parser = parse_rewrite)]
     pub rewrite: Vec<(i32, i32)>,
-    /// Set an environment variable (repeatable).
+    /// Set an environment variable (repeatable; NAME alone sets it empty).
     #[arg(short = 'E', long = "env", value_name = "NAME=VAL", value_parser = parse_env)]
     pub env: Vec<(OsString, OsString)>,
     /// The program and its arguments.
@@ -169,10 +169,12 @@ fn parse_umask(text: &str) -> Result<u32, String> {
 }
 
 fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.into(), v.into())),
-        _ => Err(format!("invalid environment assignment `{text}`: expected NAME=VALUE")),
+    // `NAME` alone sets it to the empty string, as blivet's `daemonize -E NAME` does.
+    let (k, v) = text.split_once('=').unwrap_or((text, ""));
+    if k.is_empty() {
+        return Err(format!("invalid environment assignment `{text}`: expected NAME=VALUE"));
     }
+    Ok((k.into(), v.into()))
 }
 
 fn parse_rewrite(text: &str) -> Result<(i32, i32), String> {

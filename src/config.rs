@@ -23,7 +23,7 @@ const DEFAULT_UMASK: u32 = 0o022;
 /// let mut config = conjure::DaemonConfig::new();
 /// config.pidfile("/run/myapp.pid").stdout("/var/log/myapp.out").umask(0o022);
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DaemonConfig {
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) lockfile: Option<PathBuf>,
@@ -39,7 +39,9 @@ pub struct DaemonConfig {
     pub(crate) close_fds: bool,
     pub(crate) cleanup_on_drop: bool,
     pub(crate) env: Vec<(OsString, OsString)>,
-    pub(crate) readiness: Sink,
+    /// As set with [`readiness`](Self::readiness); `None`: the default (the pipe for
+    /// [`daemonize`](crate::daemonize), the launcher's own choice for a [`Launcher`](crate::Launcher)).
+    pub(crate) readiness: Option<Sink>,
     pub(crate) keep_fds: Vec<RawFd>,
 }
 
@@ -60,7 +62,7 @@ impl Default for DaemonConfig {
             close_fds: true,
             cleanup_on_drop: true,
             env: Vec::new(),
-            readiness: Sink::Pipe,
+            readiness: None,
             keep_fds: Vec::new(),
         }
     }
@@ -91,6 +93,14 @@ impl DaemonConfig {
     /// and `conjure stop` refuses to signal.
     pub fn lock(&mut self, lock: bool) -> &mut Self {
         self.lock = lock;
+        self
+    }
+
+    /// No lockfile and no lock at all (blivet's name for `lock(false)`, which also forgets a
+    /// [`lockfile`](Self::lockfile) set earlier).
+    pub fn no_lockfile(&mut self) -> &mut Self {
+        self.lockfile = None;
+        self.lock = false;
         self
     }
 
@@ -166,10 +176,17 @@ impl DaemonConfig {
         self
     }
 
-    /// How the supervisor hears that the daemon is ready (default: the launcher's pipe).
+    /// How the supervisor hears that the daemon is ready (default: the launcher's pipe). A
+    /// [`Launcher`](crate::Launcher) given this config uses it too, unless told otherwise with
+    /// [`Launcher::readiness`](crate::Launcher::readiness).
     pub fn readiness(&mut self, sink: Sink) -> &mut Self {
-        self.readiness = sink;
+        self.readiness = Some(sink);
         self
+    }
+
+    /// The readiness sink, as [`readiness`](Self::readiness) set it (default: the pipe).
+    pub fn readiness_sink(&self) -> Sink {
+        self.readiness.unwrap_or_default()
     }
 
     /// Keeps fd `fd` open in the daemon (repeatable), e.g. a socket handed over by a supervisor.

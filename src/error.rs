@@ -12,24 +12,24 @@ use std::path::{Path, PathBuf};
 /// sysexits.h codes used by conjure (design section 4).
 pub mod exit {
     /// Bad flags or configuration.
-    pub const USAGE: i32 = 64;
+    pub const USAGE: u8 = 64;
     /// Program not found or not executable.
-    pub const NOINPUT: i32 = 66;
+    pub const NOINPUT: u8 = 66;
     /// Unknown user or group.
-    pub const NOUSER: i32 = 67;
+    pub const NOUSER: u8 = 67;
     /// The lock is held by another instance, or the address the program is to listen on by
     /// another process.
-    pub const UNAVAILABLE: i32 = 69;
+    pub const UNAVAILABLE: u8 = 69;
     /// The program exited or was killed before it was ready, or failed its watchdog check.
-    pub const SOFTWARE: i32 = 70;
+    pub const SOFTWARE: u8 = 70;
     /// fork, setsid, chdir or exec failed.
-    pub const OSERR: i32 = 71;
+    pub const OSERR: u8 = 71;
     /// A pidfile, lockfile or output file cannot be created, written or chowned.
-    pub const CANTCREAT: i32 = 73;
+    pub const CANTCREAT: u8 = 73;
     /// Readiness timed out.
-    pub const TEMPFAIL: i32 = 75;
+    pub const TEMPFAIL: u8 = 75;
     /// Not root for `-u/-g`, or setuid/setgid failed.
-    pub const NOPERM: i32 = 77;
+    pub const NOPERM: u8 = 77;
 }
 
 /// Everything that can keep a daemon from starting, or a launcher from reporting it ready.
@@ -163,7 +163,7 @@ pub enum DaemonizeError {
     #[error("{message}")]
     Reported {
         /// The exit code the daemon asked for.
-        code: i32,
+        code: u8,
         /// Its one-line message.
         message: String,
     },
@@ -185,8 +185,8 @@ fn pid_suffix(pid: Option<i32>) -> String {
 
 impl DaemonizeError {
     /// The sysexits code a launcher exits with for this error: the one table of design
-    /// section 4.
-    pub fn exit_code(&self) -> i32 {
+    /// section 4. A `u8`, as exit codes are, so that `ExitCode::from(err.exit_code())` works.
+    pub fn exit_code(&self) -> u8 {
         use DaemonizeError::*;
         match self {
             ValidationError(_) => exit::USAGE,
@@ -202,7 +202,7 @@ impl DaemonizeError {
             ReadyTimeout(_) => exit::TEMPFAIL,
             StopFailed(_) => 1,
             // What a shell reports for a process killed by the signal, where dying of it fails.
-            Interrupted { signal, .. } => 128 + signal,
+            Interrupted { signal, .. } => u8::try_from(128 + signal).unwrap_or(u8::MAX),
             Reported { code, .. } => *code,
         }
     }

@@ -5,7 +5,7 @@
 mod cli;
 mod log;
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             log::line(journal, Level::ERROR, format_args!("conjure: {} (see `conjure --help`)", usage_error(&e)));
-            return ExitCode::from(exit::USAGE as u8);
+            return ExitCode::from(exit::USAGE);
         }
     };
     log::init(cli.verbose, journal);
@@ -48,7 +48,9 @@ fn main() -> ExitCode {
             Err(err) => report(journal, &err),
         },
         None => {
-            match start(cli.start) {
+            // One updating status line while a launch waits, for a person at a terminal only.
+            let progress = !cli.verbose && !journal && std::io::stderr().is_terminal();
+            match start(cli.start, progress) {
                 Ok(Outcome::Ready { .. } | Outcome::Detached { .. }) => 0,
                 Ok(Outcome::Exited(code)) => code,
                 Ok(Outcome::Killed(signal)) => {
@@ -118,7 +120,7 @@ fn report(journal: bool, err: &DaemonizeError) -> i32 {
             let _ = conjure::process::die_of(signal);
         }
     }
-    err.exit_code()
+    err.exit_code().into()
 }
 
 /// A line of `stop`'s or `status`'s answer on stdout. A reader that went away does not change
@@ -127,7 +129,7 @@ fn say(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(std::io::stdout(), "{line}");
 }
 
-fn start(args: Start) -> Result<Outcome, DaemonizeError> {
+fn start(args: Start, progress: bool) -> Result<Outcome, DaemonizeError> {
     let mut config = DaemonConfig::new();
     config.append(args.append).foreground(args.foreground).close_fds(!args.no_close_fds).lock(!args.no_lock);
     if let Some(p) = args.pidfile {
@@ -172,7 +174,8 @@ fn start(args: Start) -> Result<Outcome, DaemonizeError> {
         .supervise(args.supervise)
         .signal_group(args.signal_group)
         .watchdog(args.watchdog)
-        .watchdog_timeout(args.watchdog_timeout.filter(|t| !t.is_zero()));
+        .watchdog_timeout(args.watchdog_timeout.filter(|t| !t.is_zero()))
+        .progress(progress);
     for (from, to) in args.rewrite {
         launcher.rewrite(from, to);
     }

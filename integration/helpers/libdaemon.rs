@@ -12,9 +12,15 @@
 //!   die                 exit 0 without notifying (the context is never dropped)
 //!   error CODE MSG      report_error(Reported { code, message: MSG })
 //!   thread              start a second thread, then daemonize_checked (which must refuse)
-//!   signal-cleanup      cleanup_on_signals, notify, sleep 60
-//!   privdrop            chown_paths, drop_privileges, notify, sleep 60
-//!   unsafe-ready        like ready, but through the unsafe `daemonize`
+//!   signal-cleanup      cleanup_on_term_signals, notify, sleep 60
+//!   privdrop            chown_paths, drop_privileges, write USER/LOGNAME/HOME to stdout,
+//!                       notify, sleep 60
+//!   with                daemonize_with: bind 127.0.0.1:PORT (the rest's first word) while
+//!                       privileged, then notify, report the uid to stdout, sleep 60
+//!   root-ready          notify_parent without dropping privileges (must be refused)
+//!   live-file PATH      open PATH for appending before daemonizing; after, write "alive"
+//!                       through that very File, notify, sleep 60
+//!   unsafe-ready        like ready, but through the unsafe `daemonize_unchecked`
 //! ```
 //!
 //! A failure before the fork prints `libdaemon: {err}` and exits with `err.exit_code()`.
@@ -88,11 +94,27 @@ fn main() {
         }
     }
 
+    if mode == "with" {
+        let port: u16 = rest.first().and_then(|p| p.parse().ok()).unwrap_or_else(|| usage());
+        let (mut ctx, listener) =
+            conjure::daemonize_with(&config, |_| std::net::TcpListener::bind(("127.0.0.1", port)))
+                .unwrap_or_else(|err| fail(&err));
+        ok(ctx.notify_parent());
+        let _ =
+            writeln!(std::io::stdout(), "uid {} listening {}", nix::unistd::geteuid(), listener.local_addr().is_ok());
+        sleep_then_exit(ctx)
+    }
+    // Opened before daemonizing, as any Rust program opens files: close-on-exec.
+    let live = (mode == "live-file").then(|| {
+        let path = rest.first().cloned().unwrap_or_else(|| usage());
+        std::fs::OpenOptions::new().append(true).create(true).open(path).expect("libdaemon: open")
+    });
+
     let ctx = if mode == "unsafe-ready" {
         // SAFETY: this process runs exactly one thread (no mode but `thread` starts another).
-        unsafe { conjure::daemonize(&config) }
+        unsafe { conjure::daemonize_unchecked(&config) }
     } else {
-        conjure::daemonize_checked(&config)
+        conjure::daemonize(&config)
     };
     let mut ctx = ctx.unwrap_or_else(|err| fail(&err));
 
@@ -114,7 +136,7 @@ fn main() {
             ctx.report_error(&DaemonizeError::Reported { code, message })
         }
         "signal-cleanup" => {
-            ok(ctx.cleanup_on_signals());
+            ok(ctx.cleanup_on_term_signals());
             ok(ctx.notify_parent());
             sleep_then_exit(ctx)
         }
@@ -127,6 +149,24 @@ fn main() {
             }
             ok(ctx.notify_parent());
             speak();
+            for key in ["USER", "LOGNAME", "HOME"] {
+                let value = std::env::var(key).unwrap_or_default();
+                let _ = writeln!(std::io::stdout(), "{key}={value}");
+            }
+            sleep_then_exit(ctx)
+        }
+        "root-ready" => {
+            if let Err(err) = ctx.notify_parent() {
+                ctx.report_error(&err)
+            }
+            sleep_then_exit(ctx)
+        }
+        "live-file" => {
+            let mut file = live.expect("opened above");
+            if let Err(e) = file.write_all(b"alive\n") {
+                ctx.report_error_msg(70, format!("the File opened before daemonize is unusable: {e}"));
+            }
+            ok(ctx.notify_parent());
             sleep_then_exit(ctx)
         }
         _ => usage(),
@@ -161,7 +201,7 @@ fn ok(result: Result<(), DaemonizeError>) {
 
 fn fail(err: &DaemonizeError) -> ! {
     eprintln!("libdaemon: {err}");
-    std::process::exit(err.exit_code())
+    std::process::exit(err.exit_code().into())
 }
 
 fn usage() -> ! {

@@ -58,7 +58,10 @@ pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<
         Some(Ok(pw)) => {
             let gid = gid.unwrap_or(pw.gid);
             let cname = CString::new(pw.name.as_bytes()).map_err(|_| DaemonizeError::UserNotFound(pw.name.clone()))?;
-            let groups = getgrouplist(&cname, gid).map_err(|e| DaemonizeError::sys("getgrouplist", e))?;
+            // As initgroups(3) with the user's own primary group, like blivet and su: with -g,
+            // that group is the process's group and the user's primary group stays among the
+            // supplementary ones.
+            let groups = getgrouplist(&cname, pw.gid).map_err(|e| DaemonizeError::sys("getgrouplist", e))?;
             Identity {
                 ids: Ids::new(pw.uid.as_raw(), gid.as_raw(), groups.into_iter().map(Gid::as_raw).collect()),
                 name: Some(pw.name),

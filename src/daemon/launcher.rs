@@ -3,8 +3,8 @@
 //!
 //! Unlike [`daemonize`](crate::daemonize), the launcher never runs user code after the fork:
 //! the child only performs the prepared setup and `execve`s the program. So a launcher may be
-//! used from a multi-threaded program, and needs no `unsafe` from its caller. (One exception:
-//! the pidfile sink in the background detaches the launcher itself, which needs one thread.)
+//! used from a multi-threaded program, and needs no `unsafe` from its caller; what it changes
+//! in the process meanwhile is listed on [`Launcher`].
 //!
 //! Modes, as design section 2 lays them out:
 //! - background: double fork, then wait in the event loop (`watch.rs`) for the exec and, with
@@ -41,13 +41,43 @@ use crate::sys::{self, ChildPlan, ExecPlan};
 const LISTEN_FDS_START: i32 = 3;
 
 /// A program to start as a daemon, with the config that says how.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use conjure::{DaemonConfig, Launcher, Outcome};
+///
+/// let mut config = DaemonConfig::new();
+/// config.pidfile("/run/web.pid").stdout("/var/log/web.log").user("www-data");
+/// let mut launcher = Launcher::new(config, "/usr/bin/web-server");
+/// launcher.args(["--port", "8080"]).ready_on("tcp:127.0.0.1:8080".parse()?);
+/// launcher.ready_timeout(Some(Duration::from_secs(30)));
+/// match launcher.run()? {
+///     Outcome::Ready { pid } => println!("listening, pid {pid}"),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Threads
+///
+/// The child between fork and exec runs only async-signal-safe code prepared before the fork,
+/// so `run` may be called from a multi-threaded program. What it does to the process as a whole
+/// while it runs, and puts back afterwards: it is the process's child subreaper while it waits
+/// for readiness (another thread's orphans would be adopted meanwhile); the calling thread has
+/// INT, TERM, HUP and QUIT blocked (process-directed ones may still go to another thread); a
+/// SIGCHLD disposition of `SIG_IGN` is reset to the default for good. Resident mode
+/// (`foreground` with a source to watch, `supervise`) makes the process the program's
+/// supervisor: it takes over every signal of the calling thread and reaps every child of the
+/// process. The pidfile sink in the background detaches a copy of the process, which needs a
+/// single-threaded caller and is refused otherwise.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     config: DaemonConfig,
     program: OsString,
     args: Vec<OsString>,
     source: Source,
-    sink: SinkChoice,
+    /// As set with [`Launcher::readiness`]; `None`: the config's sink, else `auto`.
+    sink: Option<SinkChoice>,
     ready_timeout: Option<Duration>,
     kill_after: Duration,
     supervise: bool,
@@ -55,6 +85,7 @@ pub struct Launcher {
     rewrite: Vec<(i32, i32)>,
     watchdog: Option<Source>,
     watchdog_timeout: Option<Duration>,
+    progress: bool,
 }
 
 /// Default readiness timeout: systemd's default start timeout.
@@ -94,7 +125,7 @@ impl Launcher {
             program: program.into(),
             args: Vec::new(),
             source: Source::Exec,
-            sink: SinkChoice::Auto,
+            sink: None,
             ready_timeout: Some(DEFAULT_READY_TIMEOUT),
             kill_after: DEFAULT_KILL_AFTER,
             supervise: false,
@@ -102,6 +133,7 @@ impl Launcher {
             rewrite: Vec::new(),
             watchdog: None,
             watchdog_timeout: None,
+            progress: false,
         }
     }
 
@@ -111,9 +143,10 @@ impl Launcher {
         self
     }
 
-    /// How the supervisor hears it (default: auto, see [`SinkChoice`]).
+    /// How the supervisor hears it (default: the config's
+    /// [`readiness`](DaemonConfig::readiness) if it set one, else auto, see [`SinkChoice`]).
     pub fn readiness(&mut self, sink: SinkChoice) -> &mut Self {
-        self.sink = sink;
+        self.sink = Some(sink);
         self
     }
 
@@ -167,6 +200,14 @@ impl Launcher {
         self
     }
 
+    /// While a background launch waits for readiness, shows one status line on stderr (the
+    /// source, the time waited, the timeout), rewritten in place each second and erased when
+    /// the wait ends. Meant for a terminal: the command turns it on when stderr is one.
+    pub fn progress(&mut self, progress: bool) -> &mut Self {
+        self.progress = progress;
+        self
+    }
+
     /// Appends arguments (after `argv[0]`, which is the program as given).
     pub fn args<I, S>(&mut self, args: I) -> &mut Self
     where
@@ -199,7 +240,8 @@ impl Launcher {
         let program = resolve_program(&self.program, self.search_path().as_deref())?;
         tracing::debug!(program = %program.display(), source = %self.source, "program resolved");
         let foreground = self.config.foreground;
-        if self.sink == SinkChoice::Sink(Sink::Notify) && relay::supervisor_address().is_none() {
+        let choice = self.sink.or(self.config.readiness.map(SinkChoice::Sink)).unwrap_or_default();
+        if choice == SinkChoice::Sink(Sink::Notify) && relay::supervisor_address().is_none() {
             return Err(DaemonizeError::invalid(
                 "--readiness notify needs NOTIFY_SOCKET, which is not set (run conjure from a Type=notify unit, or choose another sink)",
             ));
@@ -217,7 +259,7 @@ impl Launcher {
             || watchdog.is_some()
             || std::process::id() == 1
             || (foreground && self.source.needs_watch());
-        let sink = self.sink.resolve(foreground, stays);
+        let sink = choice.resolve(foreground, stays);
         sink::validate(sink)?;
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
             return Err(DaemonizeError::invalid("the pidfile readiness sink needs a pidfile (-p)"));
@@ -242,14 +284,6 @@ impl Launcher {
         sys::make_children_waitable()
             .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
 
-        // Keep the number a readiness fd must take free of every file opened until the fork
-        // (the report pipe and the signalfd included): held until this function returns.
-        let _reserved = match self.source {
-            Source::Fd(n) => {
-                sys::reserve_fd(n).map_err(|source| DaemonizeError::SystemError { call: "dup3", source })?
-            }
-            _ => None,
-        };
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(&self.config, mode)?;
         let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
@@ -277,7 +311,7 @@ impl Launcher {
         let exec = self
             .exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env, watchdog_env)
             .map_err(|e| prepared.abandon(e))?;
-        let mut plan = prepared.plan(None, &listen_fds, true);
+        let mut plan = prepared.plan(None, &listen_fds, false);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
         let relay = (host.is_some() || upstream.is_some()).then(|| Relay::new(host, upstream));
@@ -302,7 +336,7 @@ impl Launcher {
         }
 
         if foreground {
-            plan.seal();
+            plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
             tracing::debug!("setting up in place and exec'ing (foreground)");
             let failure = match sys::setup_in_place(&plan) {
                 Err(f) => f,
@@ -348,7 +382,7 @@ impl Launcher {
         let signals = Signals::interrupts().map_err(|e| prepared.abandon(e))?;
         let (read_end, write_end) = report_pipe().map_err(|e| prepared.abandon(e))?;
         plan.report = write_end.as_raw_fd();
-        plan.seal();
+        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!("forking");
         let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
@@ -362,13 +396,27 @@ impl Launcher {
         if let Some(relay) = relay {
             watch.relay(relay);
         }
-        let ready = until_ready(&mut watch, !self.source.needs_watch(), prepared, program, |_, event| match event {
-            Event::Signal(r) if interrupts_start(&r) => {
-                Err(DaemonizeError::Interrupted { signal: r.signo, program: name(program) })
-            }
-            _ => Ok(()),
-        })
-        .and_then(|()| {
+        let mut progress = self.progress.then(|| Progress::new(&self.source));
+        if progress.is_some() && self.source.needs_watch() {
+            watch.ticks(Some(Duration::from_secs(1)));
+        }
+        let waited =
+            until_ready(&mut watch, !self.source.needs_watch(), prepared, program, |watch, event| match event {
+                Event::Signal(r) if interrupts_start(&r) => {
+                    Err(DaemonizeError::Interrupted { signal: r.signo, program: name(program) })
+                }
+                Event::Tick => {
+                    if let Some(p) = progress.as_mut() {
+                        p.show(watch.timeout());
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            });
+        if let Some(p) = progress {
+            p.erase();
+        }
+        let ready = waited.and_then(|()| {
             watch.disarm();
             let pid = watch.process.pid();
             prepared.publish_pidfile()?;
@@ -491,13 +539,13 @@ pub(crate) fn until_ready(
                     return Err(DaemonizeError::NotReady(format!("`{}` ended before it started", name(program))));
                 }
                 if let State::Ended(status) = watch.process.state(false) {
-                    return Err(died(program, status, watch));
+                    return Err(died(program, status, watch, prepared));
                 }
                 tracing::debug!(pid = watch.process.pid(), "report pipe closed before the exec");
             }
             Event::Ready => return Ok(()),
             Event::Failed(f) => return Err(prepared.failure_error(f, Some(program))),
-            Event::Ended(status) => return Err(died(program, status, watch)),
+            Event::Ended(status) => return Err(died(program, status, watch, prepared)),
             Event::TimedOut => {
                 return Err(DaemonizeError::ReadyTimeout(format!(
                     "`{}` was not ready after {}; stopped it{}",
@@ -514,10 +562,17 @@ pub(crate) fn until_ready(
     }
 }
 
-/// "`app` exited with status 1 before it was ready", with what it said last.
-fn died(program: &Path, status: Option<crate::process::WaitStatus>, watch: &Watch) -> DaemonizeError {
+/// "`app` exited with status 1 before it was ready", with what it said last over sd_notify
+/// and the end of its output (see [`Prepared::output_note`]).
+fn died(
+    program: &Path,
+    status: Option<crate::process::WaitStatus>,
+    watch: &Watch,
+    prepared: &Prepared,
+) -> DaemonizeError {
     let how = status.map_or_else(|| "exited".to_string(), describe_status);
-    DaemonizeError::NotReady(format!("`{}` {how} before it was ready{}", name(program), said(watch)))
+    let (said, note) = (said(watch), prepared.output_note());
+    DaemonizeError::NotReady(format!("`{}` {how} before it was ready{said}{note}", name(program)))
 }
 
 /// What the program said last over sd_notify, for a failure message: `; it said ERRNO=2 (No
@@ -531,6 +586,44 @@ pub(crate) fn said(watch: &Watch) -> String {
         parts.push(format!("STATUS={status}"));
     }
     if parts.is_empty() { String::new() } else { format!("; it said {}", parts.join(" and ")) }
+}
+
+/// A plan's fds could not be moved out of the way of the numbers the program must find.
+pub(crate) fn relocation_failed(source: std::io::Error) -> DaemonizeError {
+    DaemonizeError::SystemError { call: "fcntl(F_DUPFD_CLOEXEC)", source }
+}
+
+/// The status line a launcher shows on a terminal while it waits for readiness.
+struct Progress {
+    source: String,
+    started: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(source: &Source) -> Progress {
+        Progress { source: source.to_string(), started: std::time::Instant::now(), shown: false }
+    }
+
+    /// Rewrites the line in place (carriage return, erase to the end of the line).
+    fn show(&mut self, timeout: Option<Duration>) {
+        use std::io::Write;
+        let waited = crate::duration::format(Duration::from_secs(self.started.elapsed().as_secs()));
+        let limit =
+            timeout.map_or_else(|| "no timeout".to_string(), |t| format!("timeout {}", crate::duration::format(t)));
+        let line = format!("\r\x1b[Kconjure: waiting for {}: {waited} ({limit})", self.source);
+        // A terminal that went away is no reason to stop waiting.
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        self.shown = true;
+    }
+
+    /// Erases the line, so that what follows (an error, the shell's prompt) starts clean.
+    fn erase(self) {
+        use std::io::Write;
+        if self.shown {
+            let _ = std::io::stderr().write_all(b"\r\x1b[K");
+        }
+    }
 }
 
 /// Every failure once the program exists ends here: its whole tree is stopped (TERM, then
@@ -678,7 +771,7 @@ mod tests {
     fn a_program_killed_between_its_pid_and_its_exec_is_not_ready() {
         let err = waits_for(false).unwrap_err();
         assert_eq!(err.exit_code(), 70);
-        assert_eq!(err.to_string(), "`sleep` was killed by signal 9 (SIGKILL) before it was ready");
+        assert!(err.to_string().starts_with("`sleep` was killed by signal 9 (SIGKILL) before it was ready"), "{err}");
         waits_for(true).unwrap();
     }
 

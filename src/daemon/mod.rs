@@ -55,6 +55,10 @@ pub(crate) struct Prepared {
     pub devnull: OwnedFd,
     pub stdout: Option<File>,
     pub stderr: Option<File>,
+    /// Where the program's errors go (stderr's file, else stdout's) and its size before the
+    /// program wrote anything: what the program says there is shown if it dies before it is
+    /// ready.
+    pub tail_from: Option<u64>,
 }
 
 /// How the pidfile comes into being.
@@ -102,10 +106,20 @@ impl Prepared {
             Some(path) => Some(Guard::acquire(path, Role::Pidfile, config.lock, None)?),
             None => None,
         };
-        let mut prepared =
-            Prepared { devnull: open_devnull()?, stdout: None, stderr: None, config, identity, lockfile, pidfile };
+        let mut prepared = Prepared {
+            devnull: open_devnull()?,
+            stdout: None,
+            stderr: None,
+            tail_from: None,
+            config,
+            identity,
+            lockfile,
+            pidfile,
+        };
         match prepared.open_outputs() {
             Ok((stdout, stderr)) => {
+                let errors = stderr.as_ref().or(stdout.as_ref());
+                prepared.tail_from = errors.and_then(|f| f.metadata().ok()).map(|m| m.len());
                 prepared.stdout = stdout;
                 prepared.stderr = stderr;
                 Ok(prepared)
@@ -130,7 +144,10 @@ impl Prepared {
     }
 
     /// The child's plan: stdio, pidfile, inherited fds, identity. `exec` is filled by the caller.
-    pub(crate) fn plan(&self, report: Option<&OwnedFd>, inherit_extra: &[i32], drop_ids: bool) -> ChildPlan {
+    /// For the `library`'s daemon, which returns to Rust code, identity is left to
+    /// [`DaemonContext::drop_privileges`] and the library's reset flavour applies (see
+    /// [`ChildPlan::library`]).
+    pub(crate) fn plan(&self, report: Option<&OwnedFd>, inherit_extra: &[i32], library: bool) -> ChildPlan {
         let null = self.devnull.as_raw_fd();
         let inherited = |f: &Option<File>, fallback: i32| f.as_ref().map_or(fallback, |f| f.as_raw_fd());
         let keep_stdio = if self.config.foreground { -1 } else { null };
@@ -153,11 +170,14 @@ impl Prepared {
             close_fds: self.config.close_fds,
             new_pgrp: false,
             tty: -1,
-            ids: if drop_ids { self.identity.as_ref().map(|i| i.ids.clone()) } else { None },
+            library,
+            ids: if library { None } else { self.identity.as_ref().map(|i| i.ids.clone()) },
             exec: None,
             sigmax: 0,
+            held: Vec::new(),
         };
-        plan.seal();
+        // Nothing moves yet (no `moves`), so sealing allocates nothing and cannot fail.
+        let _ = plan.seal();
         plan
     }
 
@@ -209,6 +229,33 @@ impl Prepared {
         err
     }
 
+    /// What an operator needs next to "the program died before it was ready": the last lines
+    /// the program wrote to its output file (at most [`TAIL_LINES`], each cut at
+    /// [`TAIL_WIDTH`], marked), or, when its output went to `/dev/null`, how to keep it. Nothing
+    /// in the foreground, where the output is the caller's own.
+    pub(crate) fn output_note(&self) -> String {
+        let file = self.stderr.as_ref().or(self.stdout.as_ref());
+        let (Some(file), Some(start)) = (file, self.tail_from) else {
+            return if self.config.foreground {
+                String::new()
+            } else {
+                " (its output went to /dev/null; keep it with -o FILE)".to_string()
+            };
+        };
+        let path = self.config.stderr.as_ref().or(self.config.stdout.as_ref()).cloned().unwrap_or_default();
+        match tail(file, start) {
+            Some(lines) if !lines.is_empty() => {
+                let mut note = format!("; its last output, in `{}`:", path.display());
+                for l in lines {
+                    note.push_str("\n  | ");
+                    note.push_str(&l);
+                }
+                note
+            }
+            _ => format!(" (it wrote nothing to `{}`)", path.display()),
+        }
+    }
+
     /// Removes the pidfile (or its temporary file) after a failed start; the launcher still
     /// holds the lock.
     pub(crate) fn remove_pidfile(&self) {
@@ -234,6 +281,46 @@ impl Prepared {
             None => Ok(()),
         }
     }
+}
+
+/// How many lines of the program's output a failure shows, at most.
+pub(crate) const TAIL_LINES: usize = 5;
+/// How wide each of those lines may be, in characters.
+pub(crate) const TAIL_WIDTH: usize = 200;
+
+/// The last lines written to `file` after offset `start`, read through a read-only reopening
+/// of the very same file (`/proc/self/fd`, never its path, which the daemon's user may have
+/// swapped for a link to something conjure must not show), from its last 4 KiB at most.
+fn tail(file: &File, start: u64) -> Option<Vec<String>> {
+    use std::os::unix::fs::FileExt;
+    let reader = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .ok()?;
+    let meta = reader.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let end = meta.len();
+    let from = start.max(end.saturating_sub(4096));
+    let mut buf = vec![0u8; (end - from) as usize];
+    let n = reader.read_at(&mut buf, from).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let clean: String = l.chars().map(|c| if c.is_control() { '?' } else { c }).collect();
+            match clean.char_indices().nth(TAIL_WIDTH) {
+                Some((i, _)) => format!("{}…", &clean[..i]),
+                None => clean,
+            }
+        })
+        .collect();
+    let skip = lines.len().saturating_sub(TAIL_LINES);
+    lines.drain(..skip);
+    Some(lines)
 }
 
 /// A C string from bytes already checked for NUL by validation.
@@ -278,26 +365,27 @@ pub(crate) fn reap(child: i32) {
 
 /// The library's double fork (or, in foreground mode, the setup in place). In the original
 /// process this never returns: it waits for the daemon's report and exits with its outcome.
-pub(crate) fn daemonize_with(
+pub(crate) fn daemonize_impl(
     config: &DaemonConfig,
     one_thread: sys::SingleThreaded,
 ) -> Result<DaemonContext, DaemonizeError> {
-    let mode = if config.readiness == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
-    crate::readiness::sink::validate(config.readiness)?;
+    let sink = config.readiness_sink();
+    let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
+    crate::readiness::sink::validate(sink)?;
     let prepared = Prepared::new(config, mode)?;
     // The s6 notification fd belongs to the daemon, which writes it when ready.
-    let sink_fd: Vec<i32> = match config.readiness {
+    let sink_fd: Vec<i32> = match sink {
         Sink::Fd(n) => vec![n],
         _ => Vec::new(),
     };
     if prepared.config.foreground {
-        let plan = prepared.plan(None, &sink_fd, false);
+        let plan = prepared.plan(None, &sink_fd, true);
         sys::setup_in_place(&plan).map_err(|f| prepared.failure_error(f, None))?;
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
     let (read_end, write_end) = launcher::report_pipe().map_err(|e| prepared.abandon(e))?;
-    let plan = prepared.plan(Some(&write_end), &sink_fd, false);
+    let plan = prepared.plan(Some(&write_end), &sink_fd, true);
     // Interrupts are blocked across the fork (the daemon clears its mask in setup) and read
     // from a signalfd in the original process only, so that none is lost in between.
     let interrupts = watch::interrupt_set();
@@ -326,17 +414,12 @@ pub(crate) fn daemonize_with(
                     err.exit_code()
                 }
             };
-            std::process::exit(code)
+            std::process::exit(code.into())
         }
         sys::Side::Daemon => {
             mask.forget();
-            // The setup closed every fd it did not keep, the read end among them: closing it
-            // again would close whatever reused the number (debug builds abort on the EBADF).
-            if prepared.config.close_fds {
-                std::mem::forget(read_end);
-            } else {
-                drop(read_end);
-            }
+            // The library's setup leaves close-on-exec fds alone, the launcher's end among them.
+            drop(read_end);
             tracing::debug!(pid = std::process::id(), "daemon set up");
             Ok(prepared.into_context(Some(write_end), &one_thread))
         }
@@ -348,7 +431,7 @@ pub(crate) fn daemonize_with(
 /// it passes the daemon's status lines on, and says `READY=1` with `MAINPID=` naming the daemon
 /// (`NotifyAccess=main` takes nothing from the daemon before then).
 fn wait_for_library_daemon(watch: &mut Watch, prepared: &Prepared) -> Result<(), DaemonizeError> {
-    let notify = prepared.config.readiness == Sink::Notify;
+    let notify = prepared.config.readiness_sink() == Sink::Notify;
     let tell = |states: &[sd_notify::NotifyState<'_>]| {
         crate::readiness::relay::notify_supervisor(states)
             .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
@@ -385,14 +468,11 @@ impl Prepared {
         for (key, value) in &self.config.env {
             sys::set_env(one_thread, key, value);
         }
-        let Prepared { config, identity, lockfile, mut pidfile, devnull, stdout, stderr } = self;
+        // The output files and /dev/null are on fds 0-2 now; their original (close-on-exec)
+        // fds go with `self`.
+        let Prepared { config, identity, lockfile, mut pidfile, .. } = self;
         if let Some(guard) = pidfile.as_mut() {
             guard.close_write();
-        }
-        if config.close_fds {
-            std::mem::forget(devnull);
-            std::mem::forget(stdout);
-            std::mem::forget(stderr);
         }
         DaemonContext {
             cleanup_on_drop: config.cleanup_on_drop,
@@ -407,10 +487,66 @@ impl Prepared {
     }
 }
 
-/// Daemonizes the calling process after checking that it runs a single thread (Linux:
-/// `/proc/self/task`); a process with more threads gets [`DaemonizeError::MultiThreaded`].
+/// Daemonizes the calling process: validate, lock, fork, `setsid`, fork, set up, and return
+/// in the daemon, still privileged. First checks that the process runs a single thread (Linux:
+/// `/proc/self/task`): `fork` copies only the calling thread, and the daemon goes on running
+/// ordinary code, so a process with more threads gets [`DaemonizeError::MultiThreaded`].
 ///
-/// See [`daemonize`](crate::daemonize) for what happens; this is its safe form.
+/// The original process never returns: it waits until the daemon calls
+/// [`DaemonContext::notify_parent`] (exit 0), reports an error (its code), goes away or drops
+/// its context first (exit 70), and exits. Errors found before the fork (validation, locks,
+/// output files) come back in the calling process, with nothing started. In foreground mode
+/// nothing forks: the calling process is set up in place and gets the context.
+///
+/// ```no_run
+/// let mut config = conjure::DaemonConfig::new();
+/// config.pidfile("/run/myapp.pid").stdout("/var/log/myapp.log");
+/// let mut ctx = conjure::daemonize(&config)?;
+/// // ... open sockets, load state ...
+/// ctx.notify_parent()?;
+/// # Ok::<(), conjure::DaemonizeError>(())
+/// ```
+pub fn daemonize(config: &DaemonConfig) -> Result<DaemonContext, DaemonizeError> {
+    daemonize_impl(config, sys::SingleThreaded::checked()?)
+}
+
+/// [`daemonize`] under its blivet 0.4 name, kept so that code written against it compiles.
 pub fn daemonize_checked(config: &DaemonConfig) -> Result<DaemonContext, DaemonizeError> {
-    daemonize_with(config, sys::SingleThreaded::checked()?)
+    daemonize(config)
+}
+
+/// [`daemonize`], then, in the daemon and still privileged, `init` (bind a privileged port,
+/// open a root-only file, set resource limits); then the switch to the configured user and
+/// group ([`DaemonContext::drop_privileges`]). Returns the context, not yet ready, and what
+/// `init` returned: the daemon calls [`DaemonContext::notify_parent`] when it is.
+///
+/// When `init` fails, or the switch does, the error goes to the launcher, which prints it and
+/// exits with its code (a [`DaemonizeError`]'s own, else 70), and the daemon exits with it:
+/// a daemon that could not initialize has nothing to return to.
+///
+/// ```no_run
+/// let mut config = conjure::DaemonConfig::new();
+/// config.pidfile("/run/echo.pid").user("nobody");
+/// let (mut ctx, listener) = conjure::daemonize_with(&config, |_ctx| std::net::TcpListener::bind("0.0.0.0:7"))?;
+/// // Running as nobody here, with the privileged port bound.
+/// ctx.notify_parent()?;
+/// # drop(listener);
+/// # Ok::<(), conjure::DaemonizeError>(())
+/// ```
+pub fn daemonize_with<T, E>(
+    config: &DaemonConfig,
+    init: impl FnOnce(&mut DaemonContext) -> Result<T, E>,
+) -> Result<(DaemonContext, T), DaemonizeError>
+where
+    E: std::fmt::Display + 'static,
+{
+    let mut ctx = daemonize(config)?;
+    let value = match init(&mut ctx) {
+        Ok(v) => v,
+        Err(e) => ctx.report_any(&e),
+    };
+    if let Err(e) = ctx.chown_paths().and_then(|()| ctx.drop_privileges()) {
+        ctx.report_error(&e);
+    }
+    Ok((ctx, value))
 }

@@ -29,7 +29,7 @@ pub(crate) enum Record {
     /// The daemon is ready.
     Ready,
     /// The daemon failed and asks the launcher to exit with `code`, printing `message`.
-    Error { code: i32, message: String },
+    Error { code: u8, message: String },
     /// A status line for the supervisor.
     Status(String),
 }
@@ -55,7 +55,7 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
         Record::Exec => out.push(EXEC_TAG),
         Record::Error { code, message } => {
             out.push(ERROR_TAG);
-            out.extend_from_slice(&code.to_le_bytes());
+            out.extend_from_slice(&u32::from(*code).to_le_bytes());
             text(&mut out, message);
         }
         Record::Status(s) => {
@@ -105,11 +105,16 @@ impl Decoder {
             ERROR_TAG | STATUS_TAG => {
                 let head = if tag == ERROR_TAG { 5 } else { 1 };
                 let Some(len) = u32_at(&self.buf, head) else { return Ok(None) };
+                // The encoder caps texts at 64 KiB; a longer one is garbage, not a reason to
+                // buffer gigabytes.
+                if len > u16::MAX as u32 {
+                    return Err(bad("record too long"));
+                }
                 let start = head + 4;
                 let Some(text) = self.buf.get(start..start + len as usize) else { return Ok(None) };
                 let text = String::from_utf8_lossy(text).into_owned();
                 let record = if tag == ERROR_TAG {
-                    let code = u32_at(&self.buf, 1).unwrap_or(1) as i32;
+                    let code = u8::try_from(u32_at(&self.buf, 1).unwrap_or(1)).unwrap_or(u8::MAX);
                     Record::Error { code, message: text }
                 } else {
                     Record::Status(text)
@@ -158,5 +163,8 @@ mod tests {
         let mut d = Decoder::default();
         d.feed(b"Zjunk");
         assert!(d.next().is_err());
+        let mut d = Decoder::default();
+        d.feed(&[ERROR_TAG, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(d.next().is_err(), "a 4 GiB record must not be waited for");
     }
 }

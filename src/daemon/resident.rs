@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::daemon::Prepared;
-use crate::daemon::launcher::{Outcome, Subreaper, abort, name, report_pipe, said, until_ready};
+use crate::daemon::launcher::{Outcome, Subreaper, abort, name, relocation_failed, report_pipe, said, until_ready};
 use crate::daemon::watch::{Event, Received, Signals, Watch};
 use crate::error::DaemonizeError;
 use crate::process::Process;
@@ -89,7 +89,7 @@ impl Resident<'_> {
         plan.report = write_end.as_raw_fd();
         plan.new_pgrp = signal_group || terminal.is_some();
         plan.tty = terminal.as_ref().map_or(-1, |t| t.fd.as_raw_fd());
-        plan.seal();
+        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!(terminal = terminal.is_some(), "starting the program as conjure's child (resident)");
         let spawned = sys::spawn(&mut plan, false).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
@@ -109,11 +109,15 @@ impl Resident<'_> {
         };
         let exec_source = matches!(armed, Armed::Exec);
         let mut watch = Watch::new(process, Some(read_end));
-        watch.source(armed, timeout).signals(signals).stops(terminal.is_some());
+        // Job control needs a shell above conjure to take the terminal back and resume the job:
+        // PID 1 has none (and cannot stop itself), so there a stopped program stays its own.
+        let job_control = terminal.is_some() && !pid1;
+        watch.source(armed, timeout).signals(signals).stops(job_control);
         if let Some(relay) = relay {
             watch.relay(relay);
         }
-        let mut forwarder = Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal };
+        let mut forwarder =
+            Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal, job_control };
 
         let started = until_ready(&mut watch, exec_source, prepared, program, |watch, event| {
             forwarder.other(watch, event);
@@ -190,6 +194,8 @@ struct Forwarder<'a> {
     signal_group: bool,
     rewrite: &'a [(i32, i32)],
     terminal: Option<Terminal>,
+    /// Stop with the program, and resume with it (a terminal, and a shell above conjure).
+    job_control: bool,
 }
 
 impl Forwarder<'_> {
@@ -215,7 +221,7 @@ impl Forwarder<'_> {
         if let Err(e) = sent {
             tracing::debug!(signal, error = %e, "cannot forward");
         }
-        if self.terminal.is_some() && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        if self.job_control && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
             self.stop_with_the_program();
         }
     }
@@ -224,7 +230,7 @@ impl Forwarder<'_> {
     /// shell sees the job stopped and gets its prompt back.
     fn stopped(&mut self, watch: &Watch, sig: i32) {
         tracing::debug!(pid = watch.process.pid(), sig, "program stopped");
-        if self.terminal.is_some() {
+        if self.job_control {
             self.stop_with_the_program();
         }
     }

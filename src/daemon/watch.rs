@@ -52,7 +52,7 @@ pub(crate) enum Event {
     /// A library daemon said it is ready.
     DaemonReady,
     /// A library daemon reported its own failure.
-    DaemonError { code: i32, message: String },
+    DaemonError { code: u8, message: String },
     /// A library daemon's status line.
     DaemonStatus(String),
     /// The readiness source said ready (only ever after the exec).
@@ -69,6 +69,8 @@ pub(crate) enum Event {
     Taken(String),
     /// The `--watchdog` check has failed for this long, past `--watchdog-timeout`.
     Unhealthy(Duration),
+    /// Another interval of [`Watch::ticks`] passed while waiting.
+    Tick,
 }
 
 /// A signal conjure received, with who sent it.
@@ -171,6 +173,8 @@ pub(crate) struct Watch {
     timeout: Option<Duration>,
     next_probe: Option<Instant>,
     probing: bool,
+    /// With [`Watch::ticks`]: the interval and the next tick.
+    tick: Option<(Duration, Instant)>,
     queue: VecDeque<Event>,
     ended_reported: bool,
 }
@@ -195,6 +199,7 @@ impl Watch {
             timeout: None,
             next_probe: None,
             probing: false,
+            tick: None,
             queue: VecDeque::new(),
             ended_reported: false,
         }
@@ -257,6 +262,13 @@ impl Watch {
         self
     }
 
+    /// Sends [`Event::Tick`] every `interval` until the readiness source is disarmed (a
+    /// launcher's progress line on a terminal); `None` stops them.
+    pub(crate) fn ticks(&mut self, interval: Option<Duration>) -> &mut Self {
+        self.tick = interval.map(|i| (i, Instant::now() + i));
+        self
+    }
+
     /// Reports the program's job-control stops as [`Event::Stopped`].
     pub(crate) fn stops(&mut self, stops: bool) -> &mut Self {
         self.stops = stops;
@@ -281,6 +293,7 @@ impl Watch {
         }
         self.deadline = None;
         self.next_probe = None;
+        self.tick = None;
     }
 
     /// The next event. Blocks until there is one.
@@ -337,7 +350,7 @@ impl Watch {
 
         let probe_at = self.next_probe.filter(|_| self.exec_done());
         let check_due = self.watchdog.as_ref().and_then(Watchdog::due);
-        let mut wake = [self.deadline, probe_at, check_due].into_iter().flatten().min();
+        let mut wake = [self.deadline, probe_at, check_due, self.tick.map(|t| t.1)].into_iter().flatten().min();
         // Without a pidfd (kernels before 5.3) and without SIGCHLD, the program's end is
         // noticed by looking every 100 ms.
         if pidfd_at.is_none() && self.process.pid() > 0 && !self.watches_sigchld() {
@@ -384,6 +397,13 @@ impl Watch {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.deadline = None;
             self.queue.push_back(Event::TimedOut);
+        }
+        if let Some((interval, at)) = self.tick {
+            let now = Instant::now();
+            if now >= at {
+                self.tick = Some((interval, now + interval));
+                self.queue.push_back(Event::Tick);
+            }
         }
         Ok(())
     }

@@ -295,6 +295,15 @@ fn parse_proc_unix(line: &str, path: &Path) -> Option<u64> {
     (listening && stream && Path::new(f.get(7)?) == path).then(|| f.get(6)?.parse().ok()).flatten()
 }
 
+/// For the fuzz target (`src/fuzz.rs`): the `/proc/net` line parsers.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(text: &str) {
+    for line in text.lines() {
+        let _ = parse_proc_tcp(line);
+        let _ = parse_proc_unix(line, Path::new("/run/x.sock"));
+    }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }

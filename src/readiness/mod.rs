@@ -30,7 +30,16 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// How conjure learns that the program is ready (`--ready-on`).
+/// How conjure learns that the program is ready (`--ready-on`). Parsed from the command
+/// line's spelling:
+///
+/// ```
+/// use conjure::readiness::Source;
+/// let s: Source = "tcp:127.0.0.1:8080".parse().unwrap();
+/// assert_eq!(s, Source::Tcp("127.0.0.1".into(), 8080));
+/// assert_eq!("notify".parse::<Source>(), Ok(Source::Notify));
+/// assert!("tcp:nowhere".parse::<Source>().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Source {
@@ -123,7 +132,7 @@ impl fmt::Display for Source {
 
 /// How the supervisor hears that the daemon is ready (`--readiness`,
 /// [`DaemonConfig::readiness`](crate::DaemonConfig::readiness)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Sink {
     /// The launching process blocks and exits 0 once ready, or prints why it failed and exits

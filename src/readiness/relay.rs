@@ -312,6 +312,17 @@ fn read_message(
     rewritten
 }
 
+/// For the fuzz target (`src/fuzz.rs`): reads a datagram as the relay does, before and after
+/// conjure's own `READY=1`.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz(bytes: &[u8]) {
+    let (mut out, mut status, mut errno) = (Vec::new(), None, None);
+    for ready_sent in [false, true] {
+        let _ = read_message(bytes, ready_sent, &mut out, &mut Heard::default(), &mut status, &mut errno);
+        let _ = classify(bytes, 0);
+    }
+}
+
 /// Keeps a status line in `into` (reused: no allocation once it is large enough), fit for a
 /// one-line failure message: lossy UTF-8, control characters as spaces, at most
 /// [`MAX_STATUS`] characters.

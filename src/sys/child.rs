@@ -7,7 +7,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
@@ -145,6 +146,10 @@ pub(crate) struct ChildPlan {
     /// Sorted fds above 2 that survive the close (includes `inherit`, `report`, targets of `moves`).
     pub keep: Vec<RawFd>,
     pub close_fds: bool,
+    /// The library's daemon, which returns to Rust code instead of exec'ing: SIGPIPE stays
+    /// ignored (as Rust programs start), only inheritable fds are closed, and no fd's
+    /// close-on-exec flag is cleared.
+    pub library: bool,
     /// Put the program in a process group of its own (`--signal-group`, a terminal).
     pub new_pgrp: bool,
     /// With `new_pgrp`: the controlling terminal, whose foreground group the program's becomes.
@@ -153,11 +158,45 @@ pub(crate) struct ChildPlan {
     pub exec: Option<ExecPlan>,
     /// `SIGRTMAX`, read before the fork.
     pub sigmax: libc::c_int,
+    /// Copies made by [`seal`](Self::seal) to keep fds out of the way of `moves`: closed with
+    /// the plan, in the launcher; close-on-exec in the child.
+    pub held: Vec<OwnedFd>,
 }
 
 impl ChildPlan {
-    /// Finishes the plan: sorts and dedups the keep list. Call after the last change.
-    pub(crate) fn seal(&mut self) {
+    /// Finishes the plan: moves the fds the child needs out of the way of the numbers it must
+    /// give the program, then sorts and dedups the keep list. Call after the last change.
+    ///
+    /// A readiness pipe the program must find at fd 3 (`--ready-on fd:3`) would otherwise be
+    /// `dup2`ed over whatever of conjure's sits at 3 in the child (the lock, the report pipe),
+    /// and reserving the number beforehand would race with other threads of a library caller
+    /// opening files. So an fd in the way gets a copy above every target number (the kernel
+    /// picks a free one, atomically), held until the plan is dropped.
+    pub(crate) fn seal(&mut self) -> io::Result<()> {
+        let targets: Vec<RawFd> = self.moves.iter().map(|m| m.1).collect();
+        if let Some(floor) = targets.iter().max().map(|t| t + 1) {
+            let mut held = std::mem::take(&mut self.held);
+            let mut relocate = |fd: &mut RawFd| -> io::Result<()> {
+                if *fd >= 0 && targets.contains(fd) {
+                    let copy = super::dup_above(*fd, floor)?;
+                    *fd = copy.as_raw_fd();
+                    held.push(copy);
+                }
+                Ok(())
+            };
+            relocate(&mut self.report)?;
+            relocate(&mut self.pidfile)?;
+            relocate(&mut self.tty)?;
+            for fd in self.stdio.iter_mut().chain(self.inherit.iter_mut()) {
+                relocate(fd)?;
+            }
+            for (from, to) in self.moves.iter_mut() {
+                if *from != *to {
+                    relocate(from)?;
+                }
+            }
+            self.held = held;
+        }
         let mut keep: Vec<RawFd> = self.inherit.clone();
         keep.extend(self.moves.iter().map(|m| m.1));
         if self.report >= 0 {
@@ -171,6 +210,7 @@ impl ChildPlan {
         keep.dedup();
         self.keep = keep;
         self.sigmax = libc::SIGRTMAX();
+        Ok(())
     }
 }
 
@@ -270,9 +310,20 @@ fn close_span(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
     close_span_fallback(lo, hi)
 }
 
-/// For kernels without `close_range` (before 5.9): the fds listed in `/proc/self/fd`, read with
-/// raw `getdents64` into a stack buffer, else every fd below `RLIMIT_NOFILE`.
+/// For kernels without `close_range` (before 5.9): closes the fds listed in `/proc/self/fd`
+/// in that range, else every fd below `RLIMIT_NOFILE`.
 fn close_span_fallback(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
+    for_each_open_fd(lo, hi, |fd| {
+        // SAFETY: closing an fd number; EBADF is harmless.
+        unsafe { libc::close(fd) };
+    });
+    Ok(())
+}
+
+/// Calls `f` with every open fd from `lo` to `hi`: those `/proc/self/fd` lists, read with raw
+/// `getdents64` into a stack buffer, or (no `/proc`) every number below `RLIMIT_NOFILE`.
+/// Async-signal-safe; no indexing that can fail.
+fn for_each_open_fd(lo: RawFd, hi: RawFd, mut f: impl FnMut(RawFd)) {
     const PROC_FD: &[u8] = b"/proc/self/fd\0";
     // SAFETY: a NUL-terminated path and plain flags.
     let dir = unsafe { libc::open(PROC_FD.as_ptr().cast(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
@@ -284,32 +335,35 @@ fn close_span_fallback(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
             if n <= 0 {
                 break;
             }
+            let filled = buf.get(..n as usize).unwrap_or(&[]);
             let mut off = 0usize;
-            while off < n as usize {
-                // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name (NUL-terminated).
-                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-                let name = &buf[off + 19..off + reclen];
+            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name (NUL-terminated).
+            while let Some(&[a, b]) = filled.get(off + 16..off + 18) {
+                let reclen = u16::from_ne_bytes([a, b]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let name = filled.get(off + 19..off + reclen).unwrap_or(&[]);
                 let mut fd: i64 = 0;
                 let mut digits = false;
                 for &c in name.iter().take_while(|c| **c != 0) {
-                    if c.is_ascii_digit() {
-                        fd = fd * 10 + (c - b'0') as i64;
+                    if c.is_ascii_digit() && fd < i64::from(i32::MAX) {
+                        fd = fd * 10 + i64::from(c - b'0');
                         digits = true;
                     } else {
                         digits = false;
                         break;
                     }
                 }
-                if digits && fd >= lo as i64 && fd <= hi as i64 && fd != dir as i64 {
-                    // SAFETY: closing an fd number; EBADF is harmless.
-                    unsafe { libc::close(fd as RawFd) };
+                if digits && fd >= i64::from(lo) && fd <= i64::from(hi) && fd != i64::from(dir) {
+                    f(fd as RawFd);
                 }
                 off += reclen;
             }
         }
         // SAFETY: dir is our own fd.
         unsafe { libc::close(dir) };
-        return Ok(());
+        return;
     }
     // SAFETY: rlim is a valid out-pointer.
     let mut rlim: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -320,10 +374,22 @@ fn close_span_fallback(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
         1024
     };
     for fd in lo..=hi.min(max) {
-        // SAFETY: closing an fd number; EBADF is harmless.
-        unsafe { libc::close(fd) };
+        f(fd);
     }
-    Ok(())
+}
+
+/// The library daemon's close: it goes on running Rust code, whose own fds (and those of the
+/// caller's live `File`s) are close-on-exec; only inheritable fds above 2 that are not in
+/// `keep` (sorted) are closed, the ones a plain `fork` would leak to whatever the daemon execs.
+fn close_inheritable_but(keep: &[RawFd]) {
+    for_each_open_fd(3, RawFd::MAX, |fd| {
+        // SAFETY: F_GETFD on an fd number; -1 (EBADF) means it is already gone.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 && keep.binary_search(&fd).is_err() {
+            // SAFETY: closing an inheritable fd nothing in the daemon is meant to keep.
+            unsafe { libc::close(fd) };
+        }
+    });
 }
 
 /// Closes every fd above 2 not in `keep` (sorted).
@@ -371,7 +437,7 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
             check(unsafe { libc::tcsetpgrp(plan.tty, pid) }, Stage::ProcessGroup)?;
         }
     }
-    reset_signals(plan.sigmax);
+    reset_signals(plan.sigmax, plan.library);
     if let Some(mask) = plan.umask {
         // SAFETY: umask cannot fail.
         unsafe { libc::umask(mask) };
@@ -423,6 +489,12 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         if !identity_is(ids) {
             return Err(Failure { stage: Stage::Identity, errno: libc::EPERM });
         }
+    }
+    if plan.library {
+        if plan.close_fds {
+            close_inheritable_but(&plan.keep);
+        }
+        return Ok(());
     }
     if plan.close_fds {
         close_all_but(&plan.keep)?;

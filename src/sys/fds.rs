@@ -33,24 +33,16 @@ pub(crate) fn take_fd(n: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
-/// Puts `/dev/null` at fd `n` if `n` is free, so that no file opened until the fork lands on
-/// the number a readiness fd must take in the child. `Ok(None)` when `n` is already in use.
-pub(crate) fn reserve_fd(n: RawFd) -> io::Result<Option<OwnedFd>> {
-    if fd_is_open(n) {
-        return Ok(None);
-    }
-    let null = std::fs::File::open("/dev/null")?;
-    if null.as_raw_fd() == n {
-        // It took the lowest free number, which was `n` itself.
-        return Ok(Some(OwnedFd::from(null)));
-    }
-    // SAFETY: dup3 onto a number that is free (checked above; the launcher is the only
-    // thread that opens fds at this point of a launch).
-    if unsafe { libc::dup3(null.as_raw_fd(), n, libc::O_CLOEXEC) } == -1 {
+/// A close-on-exec copy of `fd` at the lowest free number at least `floor` (`F_DUPFD_CLOEXEC`:
+/// the kernel picks and takes the number in one step, whatever other threads open meanwhile).
+pub(crate) fn dup_above(fd: RawFd, floor: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl with integer arguments; the new fd is ours alone.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+    if new < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: fd n was just created by dup3 and is owned by nothing else.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(n) }))
+    // SAFETY: the kernel just made this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Whether `fd` is an open file descriptor of this process.
@@ -86,4 +78,22 @@ pub(crate) fn lock_is_held(fd: BorrowedFd<'_>) -> io::Result<bool> {
         libc::EWOULDBLOCK => Ok(true),
         e => Err(io::Error::from_raw_os_error(e)),
     }
+}
+
+/// Writes all of `bytes` to fd `fd` without taking it (EINTR retried): the library daemon's
+/// s6 newline, on an fd the caller may own.
+pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: a valid buffer for its length; write does not keep the pointer.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = bytes.get(n as usize..).unwrap_or(&[]);
+    }
+    Ok(())
 }

@@ -63,23 +63,17 @@ pub unsafe fn fork() -> io::Result<Fork> {
     }
 }
 
-/// Daemonizes the calling process: validate, lock, fork, `setsid`, fork, set up, and return
-/// in the daemon. The original process never returns: it waits until the daemon calls
-/// [`DaemonContext::notify_parent`](crate::DaemonContext::notify_parent) (exit 0), reports an
-/// error (its code), or goes away or drops its context first (exit 70), and exits.
-///
-/// Errors found before the fork (validation, locks, output files) are returned in the calling
-/// process, with nothing started. In foreground mode nothing forks: the calling process is set
-/// up in place and gets the context.
+/// [`daemonize`](crate::daemonize) without its check that the process runs one thread: for
+/// callers that know, on systems where the check cannot be made.
 ///
 /// # Safety
 ///
 /// The process must run exactly one thread: `fork` copies only the calling thread, and the
 /// daemon goes on to run ordinary code (allocation, locks) that another thread's held locks
-/// would deadlock. [`daemonize_checked`](crate::daemonize_checked) checks this instead.
-pub unsafe fn daemonize(config: &crate::DaemonConfig) -> Result<crate::DaemonContext, DaemonizeError> {
+/// would deadlock.
+pub unsafe fn daemonize_unchecked(config: &crate::DaemonConfig) -> Result<crate::DaemonContext, DaemonizeError> {
     // SAFETY: the caller promises one thread, as this function's contract requires.
-    crate::daemon::daemonize_with(config, unsafe { SingleThreaded::promised() })
+    crate::daemon::daemonize_impl(config, unsafe { SingleThreaded::promised() })
 }
 
 /// Proof that the process runs one thread, so that after `fork` the child may allocate.

@@ -9,7 +9,10 @@ use std::io;
 use nix::sys::signal::SigSet;
 
 /// Puts every signal disposition back to default (real-time ones too) and clears the mask.
-pub(super) fn reset_signals(sigmax: libc::c_int) {
+/// With `keep_sigpipe_ignored` (the library's daemon, which goes on running Rust code), SIGPIPE
+/// is ignored instead, as Rust programs start: a write to a closed socket returns EPIPE rather
+/// than killing the daemon without a word.
+pub(super) fn reset_signals(sigmax: libc::c_int, keep_sigpipe_ignored: bool) {
     // SAFETY: an all-zero sigaction is a valid value: SIG_DFL handler, empty mask, no flags.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
@@ -21,6 +24,14 @@ pub(super) fn reset_signals(sigmax: libc::c_int) {
         // library reserves for itself answer EINVAL; see `unignore_reserved`.
         if unsafe { libc::sigaction(sig, &dfl, std::ptr::null_mut()) } == -1 {
             unignore_reserved(sig);
+        }
+    }
+    if keep_sigpipe_ignored {
+        // SAFETY: as above, with SIG_IGN.
+        unsafe {
+            let mut ign: libc::sigaction = std::mem::zeroed();
+            ign.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());
         }
     }
     // SAFETY: an empty set, then sigprocmask with a valid pointer and no old set.

@@ -1,0 +1,6 @@
+//! `conjure::fuzz::report`: see `src/fuzz.rs`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| conjure::fuzz::report(data));
