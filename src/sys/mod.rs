@@ -28,13 +28,15 @@ mod creds;
 mod fds;
 mod pids;
 mod signals;
+mod sockets;
 
-pub(crate) use child::{ChildPlan, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
-use child::{exec, fail, report_failure, setup};
+pub(crate) use child::{ChildPlan, EXEC_TAG, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
+use child::{exec, fail, report_exec, report_failure, setup};
 pub(crate) use creds::with_fs_identity;
 pub(crate) use fds::*;
 pub(crate) use pids::*;
 pub(crate) use signals::*;
+pub(crate) use sockets::{Ancillary, MAX_FDS, recv_with_fds};
 
 /// The result of [`fork`](crate::process::fork), as the `fork` crate spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +170,7 @@ pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, 
                 second_fork(plan);
             }
             set_up_or_die(plan);
+            report_exec(plan.report);
             let failure = match plan.exec.as_mut() {
                 // SAFETY: in the child, on its own copy of the plan.
                 Some(exec_plan) => unsafe { exec(exec_plan) },
