@@ -9,9 +9,8 @@
 //! Rust program ignores SIGPIPE on its own at startup.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -34,7 +33,7 @@ fn wrapped(wrap: Vec<OsString>, conjure: Vec<OsString>) -> TestCommand {
 
 /// A pseudo-terminal pair; both ends close-on-exec, so no other test's child inherits them.
 pub struct Pty {
-    _master: nix::pty::PtyMaster,
+    _master: std::fs::File,
     /// The terminal side.
     pub slave: std::fs::File,
     /// Its device number, as `/proc/PID/stat` shows a controlling terminal.
@@ -42,13 +41,7 @@ pub struct Pty {
 }
 
 pub fn open_pty() -> Pty {
-    use nix::fcntl::OFlag;
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-    nix::pty::grantpt(&master).expect("grantpt");
-    nix::pty::unlockpt(&master).expect("unlockpt");
-    let name = nix::pty::ptsname_r(&master).expect("ptsname");
-    let slave =
-        OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(&name).expect("open pty slave");
+    let (master, slave) = pty_pair();
     let rdev = slave.metadata().expect("stat pty").rdev();
     Pty { _master: master, slave, rdev }
 }

@@ -106,10 +106,16 @@ fn a_fifo_or_a_directory_as_log_is_refused_without_hanging() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
     nix::unistd::chown(&fifo, Some(NOBODY.into()), Some(NOBODY.into())).unwrap();
     start_refused(&s, &fifo);
-    // With a reader waiting on the FIFO the open succeeds; the type still refuses it.
-    let reader = TestCommand::new("sh").args(argv!["-c", "exec cat < \"$0\" > /dev/null", &fifo]).spawn();
-    start_refused(&s, &fifo);
+    // With a reader on the FIFO (this test, non-blocking) the open succeeds; the type still
+    // refuses it.
+    use std::os::unix::fs::OpenOptionsExt;
+    let reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    let pidfile = s.join("d.pid");
+    let out = TestCommand::conjure(argv!["-u", "nobody", "-p", &pidfile, "-o", &fifo, "--", "sleep", "60"]).run();
+    out.assert_code(73);
+    assert!(out.one_line_of_stderr().contains("not a regular file or a character device"), "{out}");
     drop(reader);
+    s.wait_no_process_left();
     let subdir = dir.join("dir.log");
     std::fs::create_dir(&subdir).unwrap();
     start_refused(&s, &subdir);

@@ -20,6 +20,23 @@ fn tree_pids(file: &Path) -> Vec<i32> {
     list.split(' ').map(|p| p.parse().expect("pid")).collect()
 }
 
+/// `conjure -p SCRATCH/d.pid --ready-on tcp:127.0.0.1:1 FLAGS -- testprog tree SCRATCH/tree
+/// ARGS`: a start that waits for a port nobody opens, of a program that forks a tree.
+fn start_a_tree(s: &Scratch, flags: &[&str], args: &[&str]) -> TestCommand {
+    let mut c = TestCommand::conjure(argv!["-p", s.join("d.pid"), "--ready-on", "tcp:127.0.0.1:1"]);
+    c.args(flags).args(argv!["--", testprog(), "tree", s.join("tree")]).args(args);
+    c
+}
+
+/// Every pid of the tree is gone, and so is the pidfile and every process of the scratch dir.
+fn assert_nothing_left(s: &Scratch, pids: &[i32]) {
+    for p in pids {
+        wait_dead(*p);
+    }
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
+
 /// The signals `testprog record-signals` recorded so far (after its "ready" line).
 fn recorded(file: &Path) -> Vec<i32> {
     let text = std::fs::read_to_string(file).unwrap_or_default();
@@ -53,97 +70,40 @@ fn interrupting_a_waiting_launcher_stops_the_program_and_its_tree_and_dies_of_th
         [(libc::SIGINT, "SIGINT"), (libc::SIGTERM, "SIGTERM"), (libc::SIGHUP, "SIGHUP"), (libc::SIGQUIT, "SIGQUIT")]
     {
         let s = Scratch::new();
-        let pidfile = s.join("d.pid");
-        let file = s.join("tree");
-        let running = TestCommand::conjure(argv![
-            "-p",
-            &pidfile,
-            "--ready-on",
-            "tcp:127.0.0.1:1",
-            "--ready-timeout",
-            "60s",
-            "--",
-            testprog(),
-            "tree",
-            &file,
-            "2"
-        ])
-        .spawn();
-        let pids = tree_pids(&file);
+        let running = start_a_tree(&s, &["--ready-timeout", "60s"], &["2"]).spawn();
+        let pids = tree_pids(&s.join("tree"));
         assert_eq!(pids.len(), 3);
         assert!(pids.iter().all(|p| Proc(*p).alive()), "the tree is not running before the signal");
-        assert!(lock_is_held(&pidfile), "the pidfile is not locked before the signal");
+        assert!(lock_is_held(&s.join("d.pid")), "the pidfile is not locked before the signal");
         send_signal(running.pid(), signal);
         let out = running.wait();
         assert_eq!(out.status.signal(), Some(signal), "the launcher should die of {name}\n{out}");
         assert!(!out.status.core_dumped(), "the launcher dumped core\n{out}");
         let line = out.one_line_of_stderr();
         assert_eq!(line, format!("conjure: interrupted by {name} before `testprog` was ready; stopped it"));
-        for p in pids {
-            wait_dead(p);
-        }
-        assert!(!pidfile.exists(), "pidfile left behind after {name}");
-        s.wait_no_process_left();
+        assert_nothing_left(&s, &pids);
     }
 }
 
 #[test]
 fn a_start_that_times_out_leaves_no_grandchild() {
     let s = Scratch::new();
-    let pidfile = s.join("d.pid");
-    let file = s.join("tree");
-    let running = TestCommand::conjure(argv![
-        "-p",
-        &pidfile,
-        "--ready-on",
-        "tcp:127.0.0.1:1",
-        "--ready-timeout",
-        "1s",
-        "--",
-        testprog(),
-        "tree",
-        &file,
-        "2"
-    ])
-    .spawn();
-    let pids = tree_pids(&file);
+    let running = start_a_tree(&s, &["--ready-timeout", "1s"], &["2"]).spawn();
+    let pids = tree_pids(&s.join("tree"));
     assert!(pids.iter().all(|p| Proc(*p).alive()), "the tree is not running before the timeout");
-    let out = running.wait();
-    out.assert_code(75);
-    for p in pids {
-        wait_dead(p);
-    }
-    assert!(!pidfile.exists(), "pidfile left behind");
-    s.wait_no_process_left();
+    running.wait().assert_code(75);
+    assert_nothing_left(&s, &pids);
 }
 
 #[test]
 fn a_program_that_dies_before_it_is_ready_takes_its_orphans_with_it() {
     let s = Scratch::new();
-    let pidfile = s.join("d.pid");
-    let file = s.join("tree");
-    let out = TestCommand::conjure(argv![
-        "-p",
-        &pidfile,
-        "--ready-on",
-        "tcp:127.0.0.1:1",
-        "--",
-        testprog(),
-        "tree",
-        &file,
-        "2",
-        "3"
-    ])
-    .expect_code(70);
-    assert!(out.one_line_of_stderr().contains("exited with status 3 before it was ready"), "{out}");
+    let out = start_a_tree(&s, &[], &["2", "3"]).expect_code(70);
+    assert!(out.stderr.lines().next().unwrap_or("").contains("exited with status 3 before it was ready"), "{out}");
     // The program forked two children and wrote their pids before it exited.
-    let pids = tree_pids(&file);
+    let pids = tree_pids(&s.join("tree"));
     assert_eq!(pids.len(), 3);
-    for p in &pids[1..] {
-        wait_dead(*p);
-    }
-    assert!(!pidfile.exists(), "pidfile left behind");
-    s.wait_no_process_left();
+    assert_nothing_left(&s, &pids[1..]);
 }
 
 #[test]

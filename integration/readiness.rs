@@ -27,44 +27,19 @@ fn launch(s: &Scratch, flags: &[&str], delay_ms: u64, mode: &[&str]) -> TestComm
     c
 }
 
+/// Asserts the pidfile sink left no hidden temporary file behind.
+fn assert_no_temporary_pidfile(s: &Scratch) {
+    let hidden: Vec<_> = std::fs::read_dir(s.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "temporary pidfile left behind: {hidden:?}");
+}
+
 /// Asserts the launcher said ready only after the program was: the marker exists.
 fn assert_ready_in_order(s: &Scratch) {
     assert!(s.join("marker").exists(), "the launcher reported ready before the program wrote its marker");
-}
-
-/// A fake supervisor: a datagram socket in the scratch directory, for `NOTIFY_SOCKET`.
-struct FakeSupervisor {
-    sock: UnixDatagram,
-    path: PathBuf,
-}
-
-impl FakeSupervisor {
-    fn new(s: &Scratch) -> FakeSupervisor {
-        let path = s.join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(PATIENCE)).unwrap();
-        FakeSupervisor { sock, path }
-    }
-
-    /// The next datagram, as text (panics after the deadline).
-    fn next(&self) -> String {
-        let mut buf = vec![0u8; 65536];
-        let n = self.sock.recv(&mut buf).expect("a notify datagram within the deadline");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// Datagrams until one contains `needle`; returns all of them.
-    fn until(&self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            let m = self.next();
-            let done = m.contains(needle);
-            seen.push(m);
-            if done {
-                return seen;
-            }
-        }
-    }
 }
 
 #[test]
@@ -256,12 +231,7 @@ fn pidfile_sink_publishes_the_pidfile_only_when_ready_without_waiting() {
     assert_eq!(pid.trim().parse::<i32>().unwrap(), d.pid);
     assert!(d.proc().cmdline().iter().any(|a| a.ends_with("readyprog")));
     assert!(lock_is_held(&s.join("d.pid")), "the published pidfile is locked");
-    let hidden: Vec<_> = std::fs::read_dir(s.path())
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-        .collect();
-    assert!(hidden.is_empty(), "temporary pidfile left behind: {hidden:?}");
+    assert_no_temporary_pidfile(&s);
 }
 
 #[test]
@@ -501,4 +471,126 @@ fn idle_resident_conjure_makes_no_wakeups() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(switches(), before, "resident conjure woke up while nothing happened");
     drop(running);
+}
+
+#[test]
+fn a_port_held_by_a_stranger_is_not_ready_and_the_holder_is_named() {
+    let s = Scratch::new();
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port().to_string();
+    let out = launch(&s, &["--ready-on", &format!("tcp:127.0.0.1:{port}")], 0, &["listen-tcp", &port]).expect_code(69);
+    let line = out.one_line_of_stderr();
+    let me = std::process::id();
+    assert!(line.contains(&format!("port {port} is already in use by pid {me} (")), "{out}");
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+    assert!(!s.join("marker").exists(), "the program was started");
+    s.wait_no_process_left();
+}
+
+#[test]
+fn a_unix_path_held_by_a_stranger_is_not_ready_and_the_holder_is_named() {
+    let s = Scratch::new();
+    let sock = s.join("app.sock");
+    let _stranger = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let source = format!("unix:{}", sock.display());
+    let out = launch(&s, &["--ready-on", &source], 0, &["listen-unix", sock.to_str().unwrap()]).expect_code(69);
+    let line = out.one_line_of_stderr();
+    assert!(line.contains(&format!("`{}` is already in use by pid {} (", sock.display(), std::process::id())), "{out}");
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
+
+/// A stranger that takes the port after conjure started, before the program listens: seen on
+/// the next probe, and the program is stopped.
+#[test]
+fn a_port_taken_by_a_stranger_after_the_start_is_a_failure_and_the_program_is_stopped() {
+    let s = Scratch::new();
+    let port = free_port();
+    let running =
+        launch(&s, &["--ready-on", &format!("tcp:127.0.0.1:{port}")], 1500, &["listen-tcp", &port.to_string()]).spawn();
+    std::thread::sleep(Duration::from_millis(100));
+    let _stranger = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let out = running.wait();
+    out.assert_code(69);
+    assert!(
+        out.one_line_of_stderr().contains(&format!("port {port} is already in use by pid {}", std::process::id())),
+        "{out}"
+    );
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+    assert!(!s.join("marker").exists(), "the program ran on to its listen");
+    s.wait_no_process_left();
+}
+
+#[test]
+fn a_listener_held_by_a_descendant_of_the_program_counts() {
+    let s = Scratch::new();
+    let port = free_port().to_string();
+    let mut c = TestCommand::conjure(["-p"]);
+    c.args([s.join("d.pid")]).args(["--ready-on", &format!("tcp:127.0.0.1:{port}"), "--", "sh", "-c"]);
+    // Not `exec`: the shell stays, and the listener is its child's.
+    c.args([format!(
+        "{} --marker {} --delay 200 listen-tcp {port}; :",
+        readyprog().display(),
+        s.join("marker").display()
+    )]);
+    c.expect_success();
+    assert_ready_in_order(&s);
+    let _d = Daemon::from_pidfile(&s.join("d.pid"));
+}
+
+#[test]
+fn pidfile_sink_with_the_default_source_publishes_the_pidfile_before_returning() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let mut c = TestCommand::conjure(["-p"]);
+    c.args([&pidfile]).args(["--readiness", "pidfile", "--"]).args([readyprog()]).args(["never"]);
+    c.expect_success();
+    let d = Daemon::from_pidfile(&pidfile);
+    assert!(d.proc().cmdline().iter().any(|a| a.ends_with("readyprog")), "the pidfile names the program");
+    assert!(lock_is_held(&pidfile), "the published pidfile is locked");
+    let status = TestCommand::conjure(["status", "-p"]).args([&pidfile]).expect_success();
+    assert!(status.stdout.contains(&format!("running (pid {})", d.pid)), "{status}");
+    assert_no_temporary_pidfile(&s);
+}
+
+/// The pidfile sink's watcher killed before the program is ready: the program runs on with
+/// its pidfile unpublished. That start failed (no pidfile ever appears), and loudly: the next
+/// start is refused, naming the program that still holds the unpublished pidfile's lock.
+#[test]
+fn a_killed_pidfile_publisher_is_a_failed_start_that_the_next_start_names() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let mut c = TestCommand::conjure(["-p"]);
+    c.args([&pidfile]).args(["--ready-on", "notify", "--readiness", "pidfile", "--"]).args([readyprog()]);
+    c.args([OsString::from("--marker"), s.join("marker").into()]).args(["never"]);
+    c.expect_success();
+    let program = wait_until(PATIENCE, "the program", || {
+        s.processes().into_iter().find(|p| Proc(*p).exe().is_some_and(|e| e.ends_with("readyprog")))
+    });
+    // Killed even if this test fails halfway: its pidfile is not published, so no other
+    // guard finds it.
+    let _guard = Daemon::new(program, None);
+    let watcher = wait_until(PATIENCE, "the watcher", || {
+        s.processes().into_iter().find(|p| *p != program && Proc(*p).exe() == Some(conjure_bin()))
+    });
+    kill_and_wait(watcher);
+    assert!(Proc(program).alive());
+    assert!(!pidfile.exists(), "published without being ready");
+    let mut again = TestCommand::conjure(["-p"]);
+    again.args([&pidfile]).args(["--readiness", "pidfile", "--", "sleep", "30"]);
+    let out = again.expect_code(69);
+    assert!(out.one_line_of_stderr().contains(&format!("(pid {program})")), "{out}");
+    assert!(!pidfile.exists());
+}
+
+#[test]
+fn a_failure_says_what_the_program_said_last_errno_and_status() {
+    let s = Scratch::new();
+    let msgs = ["--then-exit", "1", "notify", "STATUS=cannot open config", "ERRNO=2"];
+    let out = launch(&s, &["--ready-on", "notify"], 0, &msgs).expect_code(70);
+    let line = out.one_line_of_stderr();
+    assert!(
+        line.contains("exited with status 1 before it was ready; it said ERRNO=2 (No such file or directory) and STATUS=cannot open config"),
+        "{out}"
+    );
 }

@@ -849,3 +849,110 @@ fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.ancestors().nth(3).expect("target/debug/deps/integration-HASH").to_path_buf()
 }
+
+/// A fake supervisor: a datagram socket in the scratch directory for `NOTIFY_SOCKET`, with
+/// `SO_PASSCRED` on, so that each message says which process sent it, as systemd sees it.
+pub struct FakeSupervisor {
+    sock: std::os::unix::net::UnixDatagram,
+    /// Its path, for `NOTIFY_SOCKET`.
+    pub path: PathBuf,
+}
+
+/// A datagram the fake supervisor received.
+pub struct Message {
+    /// Its text.
+    pub text: String,
+    /// The sender's pid, as the kernel stamped it.
+    pub pid: Option<i32>,
+    /// The fds that came with it.
+    pub fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl FakeSupervisor {
+    /// Binds `notify.sock` in the scratch directory.
+    pub fn new(s: &Scratch) -> FakeSupervisor {
+        let path = s.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        sock.set_read_timeout(Some(PATIENCE)).unwrap();
+        FakeSupervisor { sock, path }
+    }
+
+    /// The next datagram, as text (panics after the deadline).
+    pub fn next(&self) -> String {
+        self.next_message().text
+    }
+
+    /// The next datagram with its sender and fds (panics after the deadline).
+    pub fn next_message(&self) -> Message {
+        self.receive(PATIENCE).unwrap_or_else(|| panic!("no notify datagram within {PATIENCE:?}"))
+    }
+
+    /// The next datagram within `timeout`, if one comes.
+    pub fn receive(&self, timeout: Duration) -> Option<Message> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        self.sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!(UnixCredentials, [std::os::fd::RawFd; 253]);
+        let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN) => return None,
+            Err(e) => panic!("recvmsg on the fake supervisor: {e}"),
+        };
+        let mut pid = None;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().expect("control data fits") {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                // SAFETY: the kernel just installed these fds for us; nothing else owns them.
+                ControlMessageOwned::ScmRights(raw) => {
+                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+                }
+                _ => {}
+            }
+        }
+        let n = msg.bytes;
+        Some(Message { text: String::from_utf8_lossy(&buf[..n]).into_owned(), pid, fds })
+    }
+
+    /// Datagrams until one contains `needle`; returns all of them.
+    pub fn until(&self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next();
+            let done = m.contains(needle);
+            seen.push(m);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+/// How many fds `pid` has open.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+}
+
+/// A fresh pseudo-terminal: its master (non-blocking, close-on-exec) and its terminal side
+/// (close-on-exec, not made anyone's controlling terminal).
+pub fn pty_pair() -> (std::fs::File, std::fs::File) {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let name = nix::pty::ptsname_r(&master).expect("ptsname");
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&name)
+        .expect("open the pty");
+    let master = File::from(OwnedFd::from(master));
+    fcntl(master.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK | OFlag::O_RDWR)).expect("non-blocking master");
+    (master, slave)
+}

@@ -7,8 +7,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -27,23 +26,7 @@ struct Shell {
 
 impl Shell {
     fn start(s: &Scratch) -> Shell {
-        use nix::fcntl::OFlag;
-        let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-        nix::pty::grantpt(&master).expect("grantpt");
-        nix::pty::unlockpt(&master).expect("unlockpt");
-        let name = nix::pty::ptsname_r(&master).expect("ptsname");
-        let slave = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open(&name)
-            .expect("open the pty");
-        let master = File::from(OwnedFd::from(master));
-        nix::fcntl::fcntl(
-            master.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_RDWR),
-        )
-        .expect("non-blocking master");
+        let (master, slave) = pty_pair();
         let shell = Command::new("setsid")
             .args(["--ctty", "bash", "--norc", "--noprofile", "-i"])
             .current_dir(s.path())
@@ -167,29 +150,6 @@ fn ctrl_z_then_fg_finish_the_job() {
     wait_for_content(&out, "got hello\n");
     sh.expect(PROMPT);
     wait_dead(conjure);
-}
-
-/// A pty whose slave end is given to a command as stderr; returns the master (non-blocking)
-/// and the slave.
-fn pty_pair() -> (File, File) {
-    use nix::fcntl::OFlag;
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).expect("posix_openpt");
-    nix::pty::grantpt(&master).expect("grantpt");
-    nix::pty::unlockpt(&master).expect("unlockpt");
-    let name = nix::pty::ptsname_r(&master).expect("ptsname");
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(&name)
-        .expect("open the pty");
-    let master = File::from(OwnedFd::from(master));
-    nix::fcntl::fcntl(
-        master.as_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_RDWR),
-    )
-    .expect("non-blocking master");
-    (master, slave)
 }
 
 #[test]

@@ -50,6 +50,8 @@ fn read(args: &[OsString]) -> Option<(Cli, usize)> {
         readiness: conjure::readiness::SinkChoice::from_str("auto").ok()?,
         ready_timeout: conjure::parse_duration("90s").ok()?,
         kill_after: conjure::parse_duration("5s").ok()?,
+        watchdog: None,
+        watchdog_timeout: None,
         supervise: false,
         signal_group: false,
         rewrite: Vec::new(),
@@ -83,6 +85,10 @@ fn read(args: &[OsString]) -> Option<(Cli, usize)> {
             "-E" | "--env" => start.env.push(parse_env(value(&mut rest)?).ok()?),
             "--keep-fd" => start.keep_fd.push(i32::try_from(value(&mut rest)?.parse::<i64>().ok()?).ok()?),
             "--rewrite" => start.rewrite.push(parse_rewrite(value(&mut rest)?).ok()?),
+            "--watchdog" => once(&mut start.watchdog, conjure::readiness::Source::from_str(value(&mut rest)?).ok()?)?,
+            "--watchdog-timeout" => {
+                once(&mut start.watchdog_timeout, conjure::parse_duration(value(&mut rest)?).ok()?)?
+            }
             "--ready-on" => {
                 seen.ready_on = once_more(seen.ready_on)?;
                 start.ready_on = conjure::readiness::Source::from_str(value(&mut rest)?).ok()?;
@@ -102,8 +108,9 @@ fn read(args: &[OsString]) -> Option<(Cli, usize)> {
             _ => return None,
         }
     }
-    // `--lock` and `--no-lock` conflict: clap says so.
-    if start.no_lock && start.lock.is_some() {
+    // `--lock` and `--no-lock` conflict, `--watchdog-timeout` requires `--watchdog`: clap says
+    // so.
+    if (start.no_lock && start.lock.is_some()) || (start.watchdog_timeout.is_some() && start.watchdog.is_none()) {
         return None;
     }
     // The program and its arguments: whatever follows `--`, at least the program.
@@ -194,6 +201,7 @@ mod tests {
             &["--rewrite", "TERM:QUIT", "--rewrite", "HUP:USR1", "-f", "--supervise", "--", "p"],
             &["-v", "-m", "027", "-c", "/tmp", "-a", "-e", "/tmp/e", "--readiness", "notify", "--", "p"],
             &["--no-lock", "--no-close-fds", "--signal-group", "--kill-after", "0", "--", "p", "--"],
+            &["-f", "--watchdog", "tcp:127.0.0.1:80", "--watchdog-timeout", "3s", "--", "p"],
         ] {
             assert!(agree(&os(line)), "the fast reader refused {line:?}");
         }
@@ -226,6 +234,8 @@ mod tests {
             &["--ready-timeout", "forever", "--", "p"],
             &["--pidfle", "x", "--", "p"],
             &["-E", "=x", "--", "p"],
+            &["--watchdog-timeout", "3s", "--", "p"],
+            &["--watchdog", "tcp:a:1", "--watchdog", "tcp:a:1", "--", "p"],
         ] {
             assert!(parse(os(line)).is_err(), "the fast reader took {line:?}");
         }

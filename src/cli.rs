@@ -18,8 +18,10 @@ Exit codes:
   64  bad flags or configuration             (EX_USAGE)
   66  program not found or not executable    (EX_NOINPUT)
   67  unknown user or group                  (EX_NOUSER)
-  69  the lock is held by another instance   (EX_UNAVAILABLE)
-  70  the program died before it was ready   (EX_SOFTWARE)
+  69  the lock is held by another instance,  (EX_UNAVAILABLE)
+      or the readiness address by another process
+  70  the program died before it was ready,  (EX_SOFTWARE)
+      or failed its watchdog check
   71  fork, setsid, chdir or exec failed     (EX_OSERR)
   73  pidfile, lockfile or output file error (EX_CANTCREAT)
   75  readiness timed out                    (EX_TEMPFAIL)
@@ -135,6 +137,13 @@ pub struct Start {
     /// Grace between TERM and KILL when conjure stops a program's tree (a failed start, orphans).
     #[arg(long = "kill-after", value_name = "DUR", default_value = "5s", value_parser = conjure::parse_duration)]
     pub kill_after: Duration,
+    /// Check the program once ready (tcp:, unix:, file:, cmd:) every half of WATCHDOG_USEC and
+    /// send WATCHDOG=1 while it passes (stays resident; needs -f).
+    #[arg(long = "watchdog", value_name = "CHECK")]
+    pub watchdog: Option<Source>,
+    /// With --watchdog: stop the program and exit 70 once the check has failed this long.
+    #[arg(long = "watchdog-timeout", value_name = "DUR", requires = "watchdog", value_parser = conjure::parse_duration)]
+    pub watchdog_timeout: Option<Duration>,
     /// Stay resident as the program's parent: forward signals, reap, relay sd_notify (needs -f).
     #[arg(long = "supervise")]
     pub supervise: bool,

@@ -17,9 +17,10 @@ pub mod exit {
     pub const NOINPUT: u8 = 66;
     /// Unknown user or group.
     pub const NOUSER: u8 = 67;
-    /// The lock is held by another instance.
+    /// The lock is held by another instance, or the address the program is to listen on by
+    /// another process.
     pub const UNAVAILABLE: u8 = 69;
-    /// The program exited or was killed before it was ready.
+    /// The program exited or was killed before it was ready, or failed its watchdog check.
     pub const SOFTWARE: u8 = 70;
     /// fork, setsid, chdir or exec failed.
     pub const OSERR: u8 = 71;
@@ -150,6 +151,14 @@ pub enum DaemonizeError {
         /// The program's name.
         program: String,
     },
+    /// The address the program is to listen on (`--ready-on tcp:`/`unix:`) is held by
+    /// another process; the message names it when conjure can see it.
+    #[error("{0}")]
+    AddressInUse(String),
+    /// The program failed its `--watchdog` check for longer than `--watchdog-timeout`; it was
+    /// stopped.
+    #[error("{0}")]
+    Unhealthy(String),
     /// The daemon reported its own failure through [`crate::DaemonContext::report_error`].
     #[error("{message}")]
     Reported {
@@ -183,13 +192,13 @@ impl DaemonizeError {
             ValidationError(_) => exit::USAGE,
             ProgramNotFound { .. } => exit::NOINPUT,
             UserNotFound(_) | GroupNotFound(_) => exit::NOUSER,
-            LockConflict { .. } => exit::UNAVAILABLE,
+            LockConflict { .. } | AddressInUse(_) => exit::UNAVAILABLE,
             LockfileError { .. } | PidfileError { .. } | OutputFileError { .. } => exit::CANTCREAT,
             ChownError { .. } => exit::CANTCREAT,
             ForkFailed(_) | SetsidFailed(_) | ChdirFailed { .. } | ExecFailed { .. } => exit::OSERR,
             SystemError { .. } => exit::OSERR,
             PermissionDenied(_) => exit::NOPERM,
-            MultiThreaded(_) | NotReady(_) => exit::SOFTWARE,
+            MultiThreaded(_) | NotReady(_) | Unhealthy(_) => exit::SOFTWARE,
             ReadyTimeout(_) => exit::TEMPFAIL,
             StopFailed(_) => 1,
             // What a shell reports for a process killed by the signal, where dying of it fails.

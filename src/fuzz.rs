@@ -10,9 +10,11 @@ pub fn pidfile(bytes: &[u8]) {
     let _ = crate::daemon::pidfile::parse(bytes);
 }
 
-/// The sd_notify datagram parser (what a program, or anyone, sends to conjure's socket).
+/// The relay's reading of an sd_notify datagram (what a program, or anyone, sends to
+/// conjure's socket), and the `/proc/net` lines the listener lookup falls back to.
 pub fn notify(bytes: &[u8]) {
-    let _ = crate::readiness::notify::parse(bytes);
+    crate::readiness::relay::fuzz(bytes);
+    crate::readiness::listeners::fuzz(&String::from_utf8_lossy(bytes));
 }
 
 /// The report pipe's decoder, fed in two pieces split where the input says.

@@ -177,6 +177,8 @@ fn start(args: Start, progress: bool) -> Result<Outcome, DaemonizeError> {
         .kill_after(args.kill_after)
         .supervise(args.supervise)
         .signal_group(args.signal_group)
+        .watchdog(args.watchdog)
+        .watchdog_timeout(args.watchdog_timeout.filter(|t| !t.is_zero()))
         .progress(progress);
     for (from, to) in args.rewrite {
         launcher.rewrite(from, to);

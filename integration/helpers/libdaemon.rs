@@ -4,6 +4,7 @@
 //! libdaemon [CONFIG FLAGS] MODE [MODE ARGS]
 //!   --pidfile P --lockfile L --chdir D --umask OCTAL --stdout O --stderr E --append
 //!   --foreground --no-close-fds --env K=V --user U --group G
+//!   --notify            report readiness over sd_notify (`Sink::Notify`)
 //! modes:
 //!   ready               notify_parent, write "libdaemon out"/"libdaemon err" (and
 //!                       CONJURE_TEST_ENV's value) to stdout/stderr, sleep 60
@@ -62,6 +63,11 @@ fn main() {
             "--no-close-fds" => {
                 i += 1;
                 config.close_fds(false);
+                continue;
+            }
+            "--notify" => {
+                i += 1;
+                config.readiness(conjure::readiness::Sink::Notify);
                 continue;
             }
             _ => break,

@@ -9,6 +9,7 @@
 //! clock: a container has no time namespace) must come after it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::{Container, payload, suite_available, wait_for};
 
@@ -29,6 +30,8 @@ const ACTIVATED_SOCKET: (&str, &str) =
     ("conjure-activated.socket", include_str!("../../systemd/conjure-activated.socket"));
 const ACTIVATED_SERVICE: (&str, &str) =
     ("conjure-activated.service", include_str!("../../systemd/conjure-activated.service"));
+const WATCHDOG: (&str, &str) = ("conjure-watchdog.service", include_str!("../../systemd/conjure-watchdog.service"));
+const FDSTORE: (&str, &str) = ("conjure-fdstore.service", include_str!("../../systemd/conjure-fdstore.service"));
 
 /// Every unit file in `systemd/`; a tidy test fails when a new file is not listed here (and
 /// so, in all likelihood, not booted by any test below).
@@ -41,6 +44,8 @@ const ALL_UNITS: &[(&str, &str)] = &[
     NOTIFY_RELOAD,
     ACTIVATED_SOCKET,
     ACTIVATED_SERVICE,
+    WATCHDOG,
+    FDSTORE,
 ];
 
 /// The helper programs the example units run in place of the user's program.
@@ -429,4 +434,93 @@ ExecStart=/usr/bin/conjure -f --supervise -- /usr/local/bin/readyprog notify STA
     wait_for("StatusText=serving", std::time::Duration::from_secs(10), || {
         (c.prop(unit, "StatusText") == "serving").then_some(())
     });
+}
+
+/// A program that stops answering under `WatchdogSec=2` is restarted by systemd through
+/// `--watchdog`: conjure's pings kept the first run alive past WatchdogSec (it hung only after
+/// 2.5 s), stopped when it hung, and keep the second run alive.
+#[test]
+fn watchdog_unit_restarts_a_program_that_stops_answering() {
+    if !suite_available() {
+        return;
+    }
+    let payload = conjure_payload();
+    let c = boot(&payload, &[WATCHDOG]);
+    let unit = WATCHDOG.0;
+    let hung = "/run/conjure-watchdog.hung";
+
+    c.start(unit);
+    let s = c.show(unit, &["ActiveState", "MainPID", "NRestarts", "WatchdogUSec"]);
+    assert_eq!(
+        (s["ActiveState"].as_str(), s["NRestarts"].as_str(), s["WatchdogUSec"].as_str()),
+        ("active", "0", "2s"),
+        "{s:?}"
+    );
+    let first: u32 = s["MainPID"].parse().expect("MainPID is a number");
+    assert_eq!(pids_named(&c, "conjure"), [first], "MainPID {first} is not the resident conjure");
+    let program = pids_named(&c, "readyprog");
+    assert_eq!(program.len(), 1, "programs: {program:?}");
+    let env = c.read_file(&format!("/proc/{}/environ", program[0])).unwrap_or_default();
+    assert!(
+        env.split('\0').any(|v| v == format!("WATCHDOG_PID={}", program[0])),
+        "the program's WATCHDOG_PID does not name it: {env:?}"
+    );
+    assert!(c.read_file(hung).is_none(), "the program hung before it was ready");
+
+    let restarted = wait_for("systemd to restart the hung program (NRestarts >= 1)", Duration::from_secs(30), || {
+        let s = c.show(unit, &["ActiveState", "SubState", "MainPID", "NRestarts"]);
+        let again = s["NRestarts"] != "0" && s["ActiveState"] == "active" && s["SubState"] == "running";
+        (again && s["MainPID"] != first.to_string()).then_some(s)
+    });
+    // The first run lived until it hung, 2.5 s after it started: longer than WatchdogSec=2.
+    assert!(c.read_file(hung).is_some(), "the first run never reached its hang");
+    let journal = c.journal(unit);
+    assert!(journal.contains("Watchdog timeout"), "systemd's watchdog did not fire:\n{journal}");
+    assert_eq!(restarted["NRestarts"], "1", "restarted more than once: {restarted:?}\n{journal}");
+    // The second run serves on, fed by conjure's pings, past WatchdogSec.
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = c.show(unit, &["ActiveState", "MainPID", "NRestarts"]);
+    assert_eq!(
+        (later["ActiveState"].as_str(), later["MainPID"].as_str(), later["NRestarts"].as_str()),
+        ("active", restarted["MainPID"].as_str(), "1"),
+        "{later:?}\n{}",
+        c.journal(unit)
+    );
+    eprintln!("watchdog unit: NRestarts={}, first MainPID {first}, now {}", later["NRestarts"], later["MainPID"]);
+}
+
+/// `FileDescriptorStoreMax=`: the fd the program stored (through conjure, the main process)
+/// comes back to it after a restart.
+#[test]
+fn fdstore_unit_gets_the_programs_stored_fd_back_after_a_restart() {
+    if !suite_available() {
+        return;
+    }
+    let payload = conjure_payload();
+    let c = boot(&payload, &[FDSTORE]);
+    let unit = FDSTORE.0;
+    let report = "/run/conjure-fdstore.report";
+
+    c.start(unit);
+    let program = pids_named(&c, "readyprog");
+    assert_eq!(program.len(), 1, "programs: {program:?}");
+    let stored = format!("stored by pid {}", program[0]);
+    assert_eq!(c.read_file(report), Some(format!("stored {stored}\n")), "the first run's report");
+    let n = wait_for("systemd to hold the stored fd", Duration::from_secs(10), || {
+        let n = c.prop(unit, "NFileDescriptorStore");
+        (n == "1").then_some(n)
+    });
+    assert_eq!(n, "1");
+    let journal = c.journal(unit);
+    assert!(!journal.contains("reception only permitted"), "systemd dropped a message:\n{journal}");
+
+    c.run(&["systemctl", "restart", unit]);
+    let again = pids_named(&c, "readyprog");
+    assert!(again.len() == 1 && again != program, "the program was not restarted: {again:?}");
+    assert_eq!(
+        c.read_file(report),
+        Some(format!("stored {stored}\nrestored {stored}\n")),
+        "the second run did not get the first run's fd back\n{}",
+        c.journal(unit)
+    );
 }

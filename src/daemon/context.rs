@@ -66,11 +66,10 @@ impl DaemonContext {
         }
         match self.config.readiness_sink() {
             Sink::Pipe => {}
-            Sink::Notify => {
-                // The launcher exits once told below; the daemon is the main process from now on.
-                let mainpid = (!self.config.foreground).then(|| std::process::id() as i32);
-                crate::readiness::sink::ready(Sink::Notify, mainpid, None)?;
-            }
+            // In the background the original process is the supervisor's main process: it sends
+            // READY=1 with MAINPID= naming this daemon once told below, then exits.
+            Sink::Notify if !self.config.foreground => {}
+            Sink::Notify => crate::readiness::sink::ready(Sink::Notify, None, None)?,
             // s6's newline, through the fd without taking it: it may be one the caller owns.
             Sink::Fd(n) => sys::write_all_raw(n, b"\n")
                 .map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })?,
@@ -110,10 +109,13 @@ impl DaemonContext {
     }
 
     /// Sends a status line: `STATUS=` to the supervisor with the notify sink; to the launcher,
-    /// which logs it, while it still waits.
+    /// which logs it (and, with the notify sink, passes it on as the main process), while it
+    /// still waits.
     pub fn status(&mut self, text: &str) -> Result<(), DaemonizeError> {
-        if self.config.readiness_sink() == Sink::Notify {
-            crate::readiness::notify::notify_supervisor(&[sd_notify::NotifyState::Status(text)])
+        // Until the launcher is told, it is the main process, and says it for the daemon.
+        let launcher_relays = self.report.is_some() && !self.config.foreground;
+        if self.config.readiness_sink() == Sink::Notify && !launcher_relays {
+            crate::readiness::relay::notify_supervisor(&[sd_notify::NotifyState::Status(text)])
                 .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })?;
         }
         if let Some(fd) = &self.report {

@@ -168,30 +168,62 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
             found.pid.map_or_else(|| "none named".to_string(), |p| p.to_string())
         )));
     };
+    let pid = found.pid.filter(|p| targets.contains(p)).unwrap_or(first);
     let mut killed = false;
-    for pid in &targets {
-        let mut process = Process::existing(*pid).map_err(|e| fail(format!("cannot watch pid {pid}: {}", why(&e))))?;
-        tracing::debug!(pid, ?signal, "stopping the daemon and its descendants");
-        let stopped = process.terminate(signal as i32, timeout);
-        killed |= stopped.killed;
-        if stopped.survivors > 0 {
-            return Err(fail(format!(
-                "pid {pid} (or {} of its descendants) survived SIGKILL for {KILL_WAIT:?}",
-                stopped.survivors
-            )));
+    let mut round = targets;
+    // A child forked while its parent was being stopped can outlive it, reparented away from
+    // the tree, and still hold the lock: whoever holds it then is the daemon's too, and is
+    // stopped in a further round.
+    for _ in 0..ROUNDS {
+        for target in &round {
+            let mut process =
+                Process::existing(*target).map_err(|e| fail(format!("cannot watch pid {target}: {}", why(&e))))?;
+            tracing::debug!(pid = target, ?signal, "stopping the daemon and its descendants");
+            let stopped = process.terminate(signal as i32, timeout);
+            killed |= stopped.killed;
+            if stopped.survivors > 0 {
+                return Err(fail(format!(
+                    "pid {target} (or {} of its descendants) survived SIGKILL for {KILL_WAIT:?}",
+                    stopped.survivors
+                )));
+            }
+        }
+        match settled(pidfile) {
+            Ok(Some(now)) if now.locked => {
+                round = roots(lock_holders(&now.file));
+                if round.is_empty() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {
+                return match pidfile::remove_stale(pidfile) {
+                    Ok(()) => Ok(Stopped::Stopped { pid, killed }),
+                    Err(e) => Err(fail(format!("stopped pid {pid}, but cannot remove `{shown}`: {e}"))),
+                };
+            }
+            _ => return Ok(Stopped::Stopped { pid, killed }),
         }
     }
-    let pid = found.pid.filter(|p| targets.contains(p)).unwrap_or(first);
-    match pidfile::inspect(pidfile) {
-        Ok(Some(now)) if now.locked => {
-            let left: Vec<String> = lock_holders(&now.file).iter().map(i32::to_string).collect();
-            Err(fail(format!("stopped pid {pid}, but `{shown}` is still locked (by pid {})", left.join(", "))))
+    let left = pidfile::inspect(pidfile).ok().flatten().map(|now| lock_holders(&now.file)).unwrap_or_default();
+    let left: Vec<String> = left.iter().map(i32::to_string).collect();
+    Err(fail(format!("stopped pid {pid}, but `{shown}` is still locked (by pid {})", left.join(", "))))
+}
+
+/// How many times `stop` goes after the lock's holders before it gives up.
+const ROUNDS: usize = 3;
+
+/// The pidfile once its lock is free, or held by processes `/proc` shows: a holder that is
+/// being reparented or exec'd is briefly invisible there, and a lock held by no visible
+/// process is looked at again for a moment (bounded) before anything is concluded.
+fn settled(pidfile: &Path) -> std::io::Result<Option<Inspection>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let found = pidfile::inspect(pidfile)?;
+        let unseen = found.as_ref().is_some_and(|f| f.locked && lock_holders(&f.file).is_empty());
+        if !unseen || std::time::Instant::now() >= deadline {
+            return Ok(found);
         }
-        Ok(Some(_)) => match pidfile::remove_stale(pidfile) {
-            Ok(()) => Ok(Stopped::Stopped { pid, killed }),
-            Err(e) => Err(fail(format!("stopped pid {pid}, but cannot remove `{shown}`: {e}"))),
-        },
-        _ => Ok(Stopped::Stopped { pid, killed }),
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -203,11 +235,15 @@ fn targets(found: &Inspection) -> Vec<i32> {
     if holders.is_empty() {
         return found.pid.filter(|p| alive(*p)).into_iter().collect();
     }
-    let mut roots: Vec<i32> =
-        holders.iter().copied().filter(|h| !holders.iter().any(|other| other != h && descends(*h, *other))).collect();
+    let mut roots = roots(holders);
     // The named pid first, when it is one of them.
     roots.sort_by_key(|p| Some(*p) != found.pid);
     roots
+}
+
+/// The holders that no other holder descends from: stopping each with its tree stops all.
+fn roots(holders: Vec<i32>) -> Vec<i32> {
+    holders.iter().copied().filter(|h| !holders.iter().any(|other| other != h && descends(*h, *other))).collect()
 }
 
 /// Whether `pid` descends from `ancestor`, by parent links in `/proc`.

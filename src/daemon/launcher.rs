@@ -28,10 +28,12 @@ use crate::config::DaemonConfig;
 use crate::daemon::resident::Resident;
 use crate::daemon::watch::{Event, Signals, Watch, interrupts_start};
 use crate::daemon::{PidfileMode, Prepared, cstring, reap};
-use crate::error::DaemonizeError;
-use crate::process::Process;
+use crate::error::{DaemonizeError, why};
+use crate::process::{Process, State};
 use crate::readiness::notify::{self, NotifyHost};
-use crate::readiness::source::{Armed, describe_status, waited};
+use crate::readiness::relay::{self, Relay, Upstream, WatchdogEnv};
+use crate::readiness::source::{self, Armed, describe_status, waited};
+use crate::readiness::watchdog::Watchdog;
 use crate::readiness::{Sink, SinkChoice, Source, sink};
 use crate::sys::{self, ChildPlan, ExecPlan};
 
@@ -87,6 +89,8 @@ pub struct Launcher {
     supervise: bool,
     signal_group: bool,
     rewrite: Vec<(i32, i32)>,
+    watchdog: Option<Source>,
+    watchdog_timeout: Option<Duration>,
     progress: bool,
 }
 
@@ -104,9 +108,10 @@ pub enum Outcome {
         /// The daemon's pid (the program's, after exec).
         pid: i32,
     },
-    /// The pidfile sink in the background: this is the original launcher, which returns at
-    /// once; `watcher` (a detached copy of this process) waits for readiness and publishes the
-    /// pidfile. `run` returns in both processes, like `fork`.
+    /// The pidfile sink in the background, with a source other than `exec`: this is the
+    /// original launcher, which returns at once; `watcher` (a detached copy of this process)
+    /// waits for readiness and publishes the pidfile. `run` returns in both processes, like
+    /// `fork`.
     Detached {
         /// The watcher's pid.
         watcher: i32,
@@ -132,6 +137,8 @@ impl Launcher {
             supervise: false,
             signal_group: false,
             rewrite: Vec::new(),
+            watchdog: None,
+            watchdog_timeout: None,
             progress: false,
         }
     }
@@ -183,6 +190,22 @@ impl Launcher {
         self
     }
 
+    /// Checks the program once it is ready with `check` (`--watchdog`: `tcp:`, `unix:`,
+    /// `file:`, `cmd:`), every half of the supervisor's `WATCHDOG_USEC`, and sends `WATCHDOG=1`
+    /// while it passes. conjure stays resident for it (in the foreground).
+    pub fn watchdog(&mut self, check: Option<Source>) -> &mut Self {
+        self.watchdog = check;
+        self
+    }
+
+    /// With [`watchdog`](Self::watchdog): once the check has failed this long, conjure stops the
+    /// program itself and fails with [`DaemonizeError::Unhealthy`] (exit 70), for a
+    /// supervisor without a watchdog of its own (`--watchdog-timeout`).
+    pub fn watchdog_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.watchdog_timeout = timeout;
+        self
+    }
+
     /// While a background launch waits for readiness, shows one status line on stderr (the
     /// source, the time waited, the timeout), rewritten in place each second and erased when
     /// the wait ends. Meant for a terminal: the command turns it on when stderr is one.
@@ -223,9 +246,25 @@ impl Launcher {
         let program = resolve_program(&self.program, self.search_path().as_deref())?;
         tracing::debug!(program = %program.display(), source = %self.source, "program resolved");
         let foreground = self.config.foreground;
-        // Resident because of the source or the flags; a sink may add to it (below).
-        let stays = self.supervise || std::process::id() == 1 || (foreground && self.source.needs_watch());
         let choice = self.sink.or(self.config.readiness.map(SinkChoice::Sink)).unwrap_or_default();
+        if choice == SinkChoice::Sink(Sink::Notify) && relay::supervisor_address().is_none() {
+            return Err(DaemonizeError::invalid(
+                "--readiness notify needs NOTIFY_SOCKET, which is not set (run conjure from a Type=notify unit, or choose another sink)",
+            ));
+        }
+        // The watchdog's check, validated before anything is started; it needs conjure alive.
+        let watchdog = match &self.watchdog {
+            Some(check) => {
+                let supervisor = relay::supervisor_address().and(relay::supervisor_watchdog());
+                Some(Watchdog::new(check, supervisor, self.watchdog_timeout)?)
+            }
+            None => None,
+        };
+        // Resident because of the source or the flags; a sink may add to it (below).
+        let stays = self.supervise
+            || watchdog.is_some()
+            || std::process::id() == 1
+            || (foreground && self.source.needs_watch());
         let sink = choice.resolve(foreground, stays);
         sink::validate(sink)?;
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
@@ -238,11 +277,15 @@ impl Launcher {
         }
         let resident = stays || (foreground && matches!(sink, Sink::Fd(_) | Sink::Pidfile));
         if resident && !foreground {
-            return Err(DaemonizeError::invalid(
-                "--supervise runs in the foreground (-f); a supervised background daemon is not supported yet",
-            ));
+            return Err(DaemonizeError::invalid(match watchdog {
+                Some(_) => "--watchdog runs in the foreground (-f): conjure stays to check the program",
+                None => "--supervise runs in the foreground (-f); a supervised background daemon is not supported yet",
+            }));
         }
         tracing::debug!(?sink, resident, foreground, "mode chosen");
+        // An address the program is to listen on that someone else holds already: nothing is
+        // started, nothing is touched.
+        source::check_free(&self.source)?;
         // Children whose statuses the kernel throws away cannot be waited for.
         sys::make_children_waitable()
             .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
@@ -250,10 +293,15 @@ impl Launcher {
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(validated, mode)?;
         let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
-        // The program's NOTIFY_SOCKET: conjure's own socket with the notify source and, when
-        // resident conjure notifies as the main process, for whatever the program says over
-        // sd_notify, which must come through conjure to count.
-        let host = if matches!(armed, Armed::Notify) || (resident && sink == Sink::Notify) {
+        // Resident conjure notifying as the main process relays what the program says over
+        // sd_notify, which must come through conjure to count (and feeds the supervisor's
+        // watchdog, with --watchdog).
+        let relaying = resident && sink == Sink::Notify;
+        let upstream =
+            if relaying || watchdog.as_ref().is_some_and(Watchdog::pings) { Upstream::from_env() } else { None };
+        // The program's NOTIFY_SOCKET: conjure's own socket with the notify source, and when
+        // conjure relays.
+        let host = if matches!(armed, Armed::Notify) || relaying {
             let host = NotifyHost::bind().map_err(|source| {
                 prepared.abandon(DaemonizeError::SystemError { call: "binding the notify socket", source })
             })?;
@@ -262,12 +310,17 @@ impl Launcher {
             None
         };
         let source_env = host.as_ref().map(|h| (notify::NOTIFY_SOCKET, h.env_value()));
+        // What the program sends over sd_notify reaches the supervisor unless it goes to a
+        // socket of conjure's that nobody relays.
+        let watchdog_env = relay::watchdog_env(host.is_none() || relaying);
         let listen_fds = listen_fds();
-        let exec =
-            self.exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env).map_err(|e| prepared.abandon(e))?;
+        let exec = self
+            .exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env, watchdog_env)
+            .map_err(|e| prepared.abandon(e))?;
         let mut plan = prepared.plan(None, &listen_fds, false);
         plan.moves.extend(armed.child_fd());
         plan.exec = Some(exec);
+        let relay = (host.is_some() || upstream.is_some()).then(|| Relay::new(host, upstream));
 
         if resident {
             prepared.write_own_pid().map_err(|e| prepared.abandon(e))?;
@@ -276,7 +329,8 @@ impl Launcher {
                 prepared: &mut prepared,
                 plan,
                 armed,
-                host,
+                relay,
+                watchdog,
                 sink,
                 timeout: self.ready_timeout,
                 kill_after: self.kill_after,
@@ -300,7 +354,10 @@ impl Launcher {
             return Err(prepared.abandon(prepared.failure_error(failure, Some(&program))));
         }
 
-        if sink == Sink::Pidfile {
+        // The pidfile sink does not keep the caller waiting for a source to say ready: a
+        // detached copy waits and publishes. The exec is quick, and is waited for here, so
+        // that the pidfile is published by the process the caller started (see NOTES.md).
+        if sink == Sink::Pidfile && self.source.needs_watch() {
             if let Some(watcher) = sys::detach()
                 .map_err(|source| prepared.abandon(DaemonizeError::SystemError { call: "fork", source }))?
             {
@@ -308,7 +365,7 @@ impl Launcher {
                 return Ok(Outcome::Detached { watcher });
             }
         }
-        self.background(&mut prepared, plan, armed, host, sink, &program)
+        self.background(&mut prepared, plan, armed, relay, sink, &program)
     }
 
     /// The double fork, then the wait: for the exec, and for readiness with a source to watch.
@@ -317,7 +374,7 @@ impl Launcher {
         prepared: &mut Prepared,
         mut plan: ChildPlan,
         mut armed: Armed,
-        host: Option<NotifyHost>,
+        relay: Option<Relay>,
         sink: Sink,
         program: &Path,
     ) -> Result<Outcome, DaemonizeError> {
@@ -342,8 +399,8 @@ impl Launcher {
         // that session is how the program is known, and stopped.
         let mut watch = Watch::new(Process::in_session(spawned.child), Some(read_end));
         watch.source(armed, self.ready_timeout).signals(signals);
-        if let Some(host) = host {
-            watch.notify(host);
+        if let Some(relay) = relay {
+            watch.relay(relay);
         }
         let mut progress = self.progress.then(|| Progress::new(&self.source));
         if progress.is_some() && self.source.needs_watch() {
@@ -369,7 +426,7 @@ impl Launcher {
             watch.disarm();
             let pid = watch.process.pid();
             prepared.publish_pidfile()?;
-            sink::ready(sink, (sink == Sink::Notify).then_some(pid), watch.status.as_deref())?;
+            sink::ready(sink, (sink == Sink::Notify).then_some(pid), watch.status())?;
             Ok(Outcome::Ready { pid })
         });
         match ready {
@@ -400,6 +457,7 @@ impl Launcher {
         prepared: &Prepared,
         rewrite_listen_pid: bool,
         source_env: Option<(&'static str, String)>,
+        watchdog: WatchdogEnv,
     ) -> Result<ExecPlan, DaemonizeError> {
         let argv = std::iter::once(&self.program).chain(&self.args).map(|a| a.as_bytes());
         if let Some(arg) = argv.clone().find(|a| a.contains(&0)) {
@@ -418,6 +476,18 @@ impl Launcher {
         for (k, v) in prepared.config.env.iter().rev() {
             set_once(&mut add, k.as_bytes(), v.as_bytes());
         }
+        let mut drop: Vec<&[u8]> = Vec::new();
+        if rewrite_listen_pid {
+            drop.push(b"LISTEN_PID");
+        }
+        // systemd's watchdog variables name conjure: the program sees them naming itself, or
+        // not at all.
+        if watchdog != WatchdogEnv::Absent {
+            drop.push(b"WATCHDOG_PID");
+        }
+        if watchdog == WatchdogEnv::Remove {
+            drop.push(b"WATCHDOG_USEC");
+        }
         if let Some(identity) = &prepared.identity {
             if let Some(name) = &identity.name {
                 set_once(&mut add, b"USER", name.as_bytes());
@@ -430,9 +500,16 @@ impl Launcher {
         // Validation refused NUL in `-E`; a user name or home with one is dropped, not cut.
         let entries =
             add.iter().filter(|(k, v)| !k.contains(&0) && !v.contains(&0)).map(|(k, v)| [*k, b"=", *v].concat());
-        let (drop, pid_vars): (&[&[u8]], &[&str]) =
-            if rewrite_listen_pid { (&[b"LISTEN_PID"], &["LISTEN_PID"]) } else { (&[], &[]) };
-        let env = sys::Envp::inherit(drop, entries.collect(), pid_vars);
+        let mut pid_vars: Vec<&str> = Vec::new();
+        if rewrite_listen_pid {
+            pid_vars.push("LISTEN_PID");
+        }
+        // `-E WATCHDOG_PID=…` is the operator's word and stands.
+        let watchdog_pid_set = prepared.config.env.iter().any(|(k, _)| k == "WATCHDOG_PID");
+        if watchdog == WatchdogEnv::ForProgram && !watchdog_pid_set {
+            pid_vars.push("WATCHDOG_PID");
+        }
+        let env = sys::Envp::inherit(&drop, entries.collect(), &pid_vars);
         Ok(ExecPlan::new(cstring(program.as_os_str().as_bytes()), argv, env))
     }
 }
@@ -444,8 +521,10 @@ fn set_once<'a>(add: &mut Vec<(&'a [u8], &'a [u8])>, key: &'a [u8], value: &'a [
     }
 }
 
-/// Waits until the program is ready: exec'd, with the `exec` source; else the source said so. Events that are not about readiness
-/// go to `other`, which may end the wait with an error.
+/// Waits until the program is ready: exec'd, with the `exec` source; else the source said so.
+/// Either way only once the exec is known to have happened (the report pipe's end of file after
+/// the child's exec record), never on a pid alone. Events that are not about readiness go to
+/// `other`, which may end the wait with an error.
 pub(crate) fn until_ready(
     watch: &mut Watch,
     exec_source: bool,
@@ -456,25 +535,64 @@ pub(crate) fn until_ready(
     loop {
         match watch.next()? {
             Event::Pid(pid) => tracing::debug!(pid, "program started"),
-            Event::Closed if exec_source => return Ok(()),
-            Event::Closed => tracing::debug!(pid = watch.process.pid(), "program exec'd; watching for readiness"),
+            Event::Closed if watch.exec_done() && exec_source => return Ok(()),
+            Event::Closed if watch.exec_done() => {
+                tracing::debug!(pid = watch.process.pid(), "program exec'd; watching for readiness")
+            }
+            Event::Closed => {
+                // End of file without the exec record: the child died before its exec. Its end
+                // (with its status, where conjure may reap it) follows from the pidfd.
+                if watch.process.pid() <= 0 {
+                    return Err(DaemonizeError::NotReady(format!("`{}` ended before it started", name(program))));
+                }
+                if let State::Ended(status) = watch.process.state(false) {
+                    return Err(died(program, status, watch, prepared));
+                }
+                tracing::debug!(pid = watch.process.pid(), "report pipe closed before the exec");
+            }
             Event::Ready => return Ok(()),
             Event::Failed(f) => return Err(prepared.failure_error(f, Some(program))),
-            Event::Ended(status) => {
-                let how = status.map_or_else(|| "exited".to_string(), describe_status);
-                let note = prepared.output_note();
-                return Err(DaemonizeError::NotReady(format!("`{}` {how} before it was ready{note}", name(program))));
-            }
+            Event::Ended(status) => return Err(died(program, status, watch, prepared)),
             Event::TimedOut => {
                 return Err(DaemonizeError::ReadyTimeout(format!(
-                    "`{}` was not ready after {}; stopped it",
+                    "`{}` was not ready after {}; stopped it{}",
                     name(program),
-                    waited(watch.timeout())
+                    waited(watch.timeout()),
+                    said(watch)
                 )));
+            }
+            Event::Taken(who) => {
+                return Err(DaemonizeError::AddressInUse(format!("{who}; stopped `{}`", name(program))));
             }
             other_event => other(watch, other_event)?,
         }
     }
+}
+
+/// "`app` exited with status 1 before it was ready", with what it said last over sd_notify
+/// and the end of its output (see [`Prepared::output_note`]).
+fn died(
+    program: &Path,
+    status: Option<crate::process::WaitStatus>,
+    watch: &Watch,
+    prepared: &Prepared,
+) -> DaemonizeError {
+    let how = status.map_or_else(|| "exited".to_string(), describe_status);
+    let (said, note) = (said(watch), prepared.output_note());
+    DaemonizeError::NotReady(format!("`{}` {how} before it was ready{said}{note}", name(program)))
+}
+
+/// What the program said last over sd_notify, for a failure message: `; it said ERRNO=2 (No
+/// such file or directory) and STATUS=cannot open config`, or nothing.
+pub(crate) fn said(watch: &Watch) -> String {
+    let mut parts = Vec::new();
+    if let Some(errno) = watch.errno() {
+        parts.push(format!("ERRNO={errno} ({})", why(&std::io::Error::from_raw_os_error(errno))));
+    }
+    if let Some(status) = watch.status() {
+        parts.push(format!("STATUS={status}"));
+    }
+    if parts.is_empty() { String::new() } else { format!("; it said {}", parts.join(" and ")) }
 }
 
 /// A plan's fds could not be moved out of the way of the numbers the program must find.
@@ -632,6 +750,37 @@ pub(crate) fn resolve_program(program: &OsStr, path: Option<&OsStr>) -> Result<P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::report::{self, Record};
+
+    /// A child that reported its pid and then ended before its exec (killed, say): its end of
+    /// the pipe closes without the exec record. Never ready; with the record, ready.
+    // The child is conjure's to reap, through the `Process` below, as the program would be.
+    #[allow(clippy::zombie_processes)]
+    fn waits_for(exec_record: bool) -> Result<(), DaemonizeError> {
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let (read_end, write_end) = report_pipe().unwrap();
+        report::send(&write_end, &Record::Pid(pid)).unwrap();
+        if exec_record {
+            report::send(&write_end, &Record::Exec).unwrap();
+        } else {
+            sys::kill_raw(pid, libc::SIGKILL).unwrap();
+        }
+        drop(write_end);
+        let prepared = Prepared::new(DaemonConfig::new().validated().unwrap(), PidfileMode::Direct).unwrap();
+        let mut watch = Watch::new(Process::child(pid, None, false).unwrap(), Some(read_end));
+        let result = until_ready(&mut watch, true, &prepared, Path::new("/bin/sleep"), |_, _| Ok(()));
+        watch.process.terminate(libc::SIGKILL, Duration::ZERO);
+        result
+    }
+
+    #[test]
+    fn a_program_killed_between_its_pid_and_its_exec_is_not_ready() {
+        let err = waits_for(false).unwrap_err();
+        assert_eq!(err.exit_code(), 70);
+        assert!(err.to_string().starts_with("`sleep` was killed by signal 9 (SIGKILL) before it was ready"), "{err}");
+        waits_for(true).unwrap();
+    }
 
     #[test]
     fn programs_are_found_on_path() {

@@ -92,7 +92,15 @@ impl Prepared {
                         return Err(DaemonizeError::LockConflict { path: path.clone(), pid: found.pid });
                     }
                 }
-                Some(Guard::acquire(path, Role::Pidfile, config.lock, Some(Guard::temp_path(path)))?)
+                // An unpublished instance holds the temporary file's lock: the conflict is
+                // about the pidfile, whatever the file's name.
+                let guard = Guard::acquire(path, Role::Pidfile, config.lock, Some(Guard::temp_path(path)));
+                Some(guard.map_err(|e| match e {
+                    DaemonizeError::LockConflict { pid, .. } => {
+                        DaemonizeError::LockConflict { path: path.clone(), pid }
+                    }
+                    e => e,
+                })?)
             }
             Some(path) => Some(Guard::acquire(path, Role::Pidfile, config.lock, None)?),
             None => None,
@@ -418,11 +426,23 @@ pub(crate) fn daemonize_impl(
 }
 
 /// The original process of [`daemonize_with`]: waits for "ready", an error, the daemon's end,
-/// or an interrupt.
+/// or an interrupt. With the notify sink it is the supervisor's main process until it exits:
+/// it passes the daemon's status lines on, and says `READY=1` with `MAINPID=` naming the daemon
+/// (`NotifyAccess=main` takes nothing from the daemon before then).
 fn wait_for_library_daemon(watch: &mut Watch, prepared: &Prepared) -> Result<(), DaemonizeError> {
+    let notify = prepared.config.readiness_sink() == Sink::Notify;
+    let tell = |states: &[sd_notify::NotifyState<'_>]| {
+        crate::readiness::relay::notify_supervisor(states)
+            .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
+    };
     loop {
         match watch.next()? {
+            Event::DaemonReady if notify => {
+                let pid = u32::try_from(watch.process.pid()).unwrap_or_default();
+                return tell(&[sd_notify::NotifyState::MainPid(pid), sd_notify::NotifyState::Ready]);
+            }
             Event::DaemonReady => return Ok(()),
+            Event::DaemonStatus(s) if notify => tell(&[sd_notify::NotifyState::Status(&s)])?,
             Event::DaemonStatus(s) => tracing::info!(status = %s, "daemon status"),
             Event::DaemonError { code, message } => return Err(DaemonizeError::Reported { code, message }),
             Event::Failed(f) => return Err(prepared.failure_error(f, None)),

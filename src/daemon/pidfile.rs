@@ -211,9 +211,16 @@ impl Guard {
     }
 
     /// The pidfile sink's temporary name for `path`: in the same directory (so the rename is
-    /// atomic), hidden, unique to this launcher, and short whatever the pidfile's own name.
+    /// atomic), hidden, short whatever the pidfile's own name, and the same for every start of
+    /// the same pidfile. So its lock is the instance's lock until it is published: a second
+    /// start while the first is not ready yet (or never will be: its watcher was killed, and the
+    /// program runs unpublished) finds it held, and fails naming that program's pid.
     pub(crate) fn temp_path(path: &Path) -> PathBuf {
-        path.with_file_name(format!(".conjure-{}.pid.tmp", std::process::id()))
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let name = path.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
+        let hash =
+            name.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        path.with_file_name(format!(".conjure-{hash:016x}.pid.tmp"))
     }
 
     /// The fd that holds the lock, which the program inherits (read-only).
@@ -363,5 +370,7 @@ mod tests {
         let t = Guard::temp_path(&Path::new("/run").join(&long));
         assert!(t.file_name().unwrap().len() < 40);
         assert_eq!(t.parent(), Some(Path::new("/run")));
+        assert_eq!(t, Guard::temp_path(&Path::new("/run").join(&long)), "the same for every start");
+        assert_ne!(Guard::temp_path(Path::new("/run/a.pid")), Guard::temp_path(Path::new("/run/b.pid")));
     }
 }

@@ -2,15 +2,16 @@
 //!
 //! The launcher keeps the read end; the daemon the write end (close-on-exec). Records are
 //! small and binary, so that the child between fork and exec can send its own with a single
-//! raw `write` of a stack buffer (see `sys/child.rs`): its pid, or the stage that failed and the
-//! errno. A library daemon, which runs ordinary code, may also send "ready", an error with its
-//! exit code and message, or a status line. End of file without "ready" means the daemon is
-//! gone or dropped its context; after a successful `exec` it means the exec happened.
+//! raw `write` of a stack buffer (see `sys/child.rs`): its pid, then the stage that failed and
+//! the errno, or a last record just before `execve`. A library daemon, which runs ordinary
+//! code, may also send "ready", an error with its exit code and message, or a status line.
+//! End of file without "ready" means the daemon is gone or dropped its context; after the exec
+//! record it means the exec happened (without it, the child died before its exec).
 
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 
-use crate::sys::{FAILURE_TAG, Failure, PID_TAG, Stage};
+use crate::sys::{EXEC_TAG, FAILURE_TAG, Failure, PID_TAG, Stage};
 
 const READY_TAG: u8 = b'R';
 const ERROR_TAG: u8 = b'E';
@@ -23,6 +24,8 @@ pub(crate) enum Record {
     Pid(i32),
     /// A step between fork and exec failed.
     Failed(Failure),
+    /// The child is about to exec (sent by the child itself, just before `execve`).
+    Exec,
     /// The daemon is ready.
     Ready,
     /// The daemon failed and asks the launcher to exit with `code`, printing `message`.
@@ -49,6 +52,7 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
             out.extend_from_slice(&f.errno.to_le_bytes());
         }
         Record::Ready => out.push(READY_TAG),
+        Record::Exec => out.push(EXEC_TAG),
         Record::Error { code, message } => {
             out.push(ERROR_TAG);
             out.extend_from_slice(&u32::from(*code).to_le_bytes());
@@ -97,6 +101,7 @@ impl Decoder {
                 _ => return Ok(None),
             },
             READY_TAG => (Record::Ready, 1),
+            EXEC_TAG => (Record::Exec, 1),
             ERROR_TAG | STATUS_TAG => {
                 let head = if tag == ERROR_TAG { 5 } else { 1 };
                 let Some(len) = u32_at(&self.buf, head) else { return Ok(None) };
@@ -138,6 +143,7 @@ mod tests {
             Record::Status("warming up".into()),
             Record::Failed(Failure { stage: Stage::Exec, errno: 2 }),
             Record::Error { code: 73, message: "cannot write `x`".into() },
+            Record::Exec,
             Record::Ready,
         ];
         let bytes: Vec<u8> = records.iter().flat_map(encode).collect();

@@ -11,7 +11,9 @@
 //!   a TERM before readiness reaches the program like any other. A fault signal that another
 //!   process sent is forwarded too; a SIGPIPE conjure caused itself is not;
 //! - it reaps every zombie (as PID 1, or as the child subreaper of the program's orphans);
-//! - it relays the program's sd_notify messages to the real `NOTIFY_SOCKET`;
+//! - it relays the program's sd_notify messages to the real `NOTIFY_SOCKET`, as its own (the
+//!   [`Relay`](crate::readiness::relay::Relay)), and with `--watchdog` feeds the supervisor's
+//!   watchdog from a check of the program, or stops a program that fails it for too long;
 //! - on a terminal, the program gets its own process group, made the terminal's foreground
 //!   group, so that a Ctrl-C reaches it once, from the terminal; when the program is stopped
 //!   from the terminal (Ctrl-Z), conjure stops too, so the shell gets its prompt back, and
@@ -20,32 +22,38 @@
 //!   `--kill-after`, the pidfile goes, and conjure ends the way the program ended.
 //!
 //! Signals arrive through a signalfd and everything waits in the one event loop without a
-//! timeout, so idle conjure makes no wakeups.
+//! timeout, so idle conjure makes no wakeups (but for `--watchdog`'s checks).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
 use crate::daemon::Prepared;
-use crate::daemon::launcher::{Outcome, Subreaper, abort, relocation_failed, report_pipe, until_ready};
+use crate::daemon::launcher::{Outcome, Subreaper, abort, name, relocation_failed, report_pipe, said, until_ready};
 use crate::daemon::watch::{Event, Received, Signals, Watch};
 use crate::error::DaemonizeError;
 use crate::process::Process;
-use crate::readiness::notify::{self, NotifyHost};
+use crate::readiness::relay::Relay;
 use crate::readiness::source::Armed;
+use crate::readiness::watchdog::Watchdog;
 use crate::readiness::{Sink, sink};
 use crate::sys::{self, ChildPlan};
+
+/// How long the supervisor has to take what the program said last, once it ended.
+const LAST_WORDS: Duration = Duration::from_secs(1);
 
 /// The resident launch: everything [`Launcher`](crate::Launcher) prepared, and how to behave.
 pub(crate) struct Resident<'a> {
     pub prepared: &'a mut Prepared,
     pub plan: ChildPlan,
     pub armed: Armed,
-    /// The program's `NOTIFY_SOCKET`, hosted by conjure.
-    pub host: Option<NotifyHost>,
+    /// The program's `NOTIFY_SOCKET`, hosted by conjure, and the way to the supervisor.
+    pub relay: Option<Relay>,
+    /// `--watchdog`, started once the program is ready.
+    pub watchdog: Option<Watchdog>,
     pub sink: Sink,
     pub timeout: Option<Duration>,
     pub kill_after: Duration,
@@ -59,8 +67,19 @@ impl Resident<'_> {
     /// Starts the program as conjure's child, waits for readiness, reports it, supervises the
     /// program until it ends, stops what is left of its tree, and says how it ended.
     pub(crate) fn run(self) -> Result<Outcome, DaemonizeError> {
-        let Resident { prepared, mut plan, mut armed, host, sink, timeout, kill_after, signal_group, rewrite, program } =
-            self;
+        let Resident {
+            prepared,
+            mut plan,
+            mut armed,
+            relay,
+            watchdog,
+            sink,
+            timeout,
+            kill_after,
+            signal_group,
+            rewrite,
+            program,
+        } = self;
         let pid1 = std::process::id() == 1;
         let _subreaper = if pid1 { None } else { Some(Subreaper::set().map_err(|e| prepared.abandon(e))?) };
         // Every signal, taken over before the fork so that none is lost before the loop reads it.
@@ -90,46 +109,67 @@ impl Resident<'_> {
         };
         let exec_source = matches!(armed, Armed::Exec);
         let mut watch = Watch::new(process, Some(read_end));
-        watch.source(armed, timeout).signals(signals).stops(terminal.is_some());
-        let relay = sink == Sink::Notify;
-        if let Some(host) = host {
-            watch.notify(host);
+        // Job control needs a shell above conjure to take the terminal back and resume the job:
+        // PID 1 has none (and cannot stop itself), so there a stopped program stays its own.
+        let job_control = terminal.is_some() && !pid1;
+        watch.source(armed, timeout).signals(signals).stops(job_control);
+        if let Some(relay) = relay {
+            watch.relay(relay);
         }
-        let mut forwarder = Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal };
+        let mut forwarder =
+            Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal, job_control };
 
         let started = until_ready(&mut watch, exec_source, prepared, program, |watch, event| {
-            forwarder.other(watch, event, relay, false);
+            forwarder.other(watch, event);
             Ok(())
         })
         .and_then(|()| {
             watch.disarm();
             tracing::debug!(pid, "program ready");
             prepared.publish_pidfile()?;
-            // Relayed status lines already reached the supervisor; others ride along with READY=1.
-            sink::ready(sink, None, if relay { None } else { watch.status.as_deref() })
+            if sink == Sink::Notify && watch.relays() {
+                // In order after what the program said; its status lines reached the
+                // supervisor already.
+                watch
+                    .tell_supervisor(&[sd_notify::NotifyState::Ready])
+                    .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
+            } else {
+                sink::ready(sink, None, watch.status())
+            }
         });
         if let Err(e) = started {
             forwarder.release_terminal();
             return Err(abort(&mut watch.process, prepared, kill_after, e));
         }
+        let check = watchdog.map(|w| {
+            tracing::debug!(check = w.label(), interval = ?w.interval(), pings = w.pings(), "watchdog started");
+            let label = w.label().to_string();
+            watch.watchdog(w);
+            label
+        });
 
         let status = loop {
-            match watch.next() {
+            let failed = match watch.next() {
                 Ok(Event::Ended(status)) => break status,
-                Ok(event) => forwarder.other(&mut watch, event, relay, true),
-                Err(e) => {
-                    forwarder.release_terminal();
-                    return Err(abort(&mut watch.process, prepared, kill_after, e));
+                Ok(Event::Unhealthy(failed_for)) => DaemonizeError::Unhealthy(format!(
+                    "`{}` failed its watchdog check {} for {}; stopped it{}",
+                    name(program),
+                    check.as_deref().unwrap_or_default(),
+                    crate::duration::format(failed_for),
+                    said(&watch)
+                )),
+                Ok(event) => {
+                    forwarder.other(&mut watch, event);
+                    continue;
                 }
-            }
+                Err(e) => e,
+            };
+            forwarder.release_terminal();
+            return Err(abort(&mut watch.process, prepared, kill_after, failed));
         };
         tracing::debug!(pid, ?status, "program ended");
         // What the program said last must not be lost with it.
-        if relay {
-            for bytes in watch.drain_notify() {
-                relay_to_supervisor(&bytes, true);
-            }
-        }
+        watch.finish_relay(Instant::now().checked_add(LAST_WORDS));
         let left = watch.process.members();
         if !left.is_empty() {
             tracing::debug!(left = left.len(), "stopping what is left of the program's tree");
@@ -154,14 +194,15 @@ struct Forwarder<'a> {
     signal_group: bool,
     rewrite: &'a [(i32, i32)],
     terminal: Option<Terminal>,
+    /// Stop with the program, and resume with it (a terminal, and a shell above conjure).
+    job_control: bool,
 }
 
 impl Forwarder<'_> {
-    fn other(&mut self, watch: &mut Watch, event: Event, relay: bool, ready: bool) {
+    fn other(&mut self, watch: &mut Watch, event: Event) {
         match event {
             Event::Signal(r) => self.forward(watch, r),
             Event::Stopped(sig) => self.stopped(watch, sig),
-            Event::Notify(bytes) if relay => relay_to_supervisor(&bytes, ready),
             _ => {}
         }
     }
@@ -180,7 +221,7 @@ impl Forwarder<'_> {
         if let Err(e) = sent {
             tracing::debug!(signal, error = %e, "cannot forward");
         }
-        if self.terminal.is_some() && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        if self.job_control && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
             self.stop_with_the_program();
         }
     }
@@ -189,7 +230,7 @@ impl Forwarder<'_> {
     /// shell sees the job stopped and gets its prompt back.
     fn stopped(&mut self, watch: &Watch, sig: i32) {
         tracing::debug!(pid = watch.process.pid(), sig, "program stopped");
-        if self.terminal.is_some() {
+        if self.job_control {
             self.stop_with_the_program();
         }
     }
@@ -247,23 +288,5 @@ impl Terminal {
     /// Makes conjure's own group the foreground group again (SIGTTOU is blocked: no stop).
     fn take_back(&self) {
         let _ = nix::unistd::tcsetpgrp(self.fd.as_fd(), self.own);
-    }
-}
-
-/// Relays a program's datagram to conjure's own supervisor, as the main process. `MAINPID=`
-/// is dropped (conjure is the main process); before readiness so is `READY=1`, which conjure
-/// sends itself once its source says so.
-fn relay_to_supervisor(bytes: &[u8], after_ready: bool) {
-    let Some(address) = notify::supervisor_address() else { return };
-    let kept: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty() && !l.starts_with(b"MAINPID=") && (after_ready || *l != b"READY=1"))
-        .collect();
-    if kept.is_empty() {
-        return;
-    }
-    let message = kept.join(&b'\n');
-    if let Err(e) = notify::send_to(&address, &message) {
-        tracing::debug!(error = %e, "cannot relay a notify message");
     }
 }

@@ -4,15 +4,22 @@
 //! same few things, and must learn of each the moment it happens: the child's report (its pid,
 //! the step that failed, end of file once it exec'd; a library daemon's "ready", error or
 //! status), the program's end (its pidfd, or SIGCHLD where conjure reaps), the readiness source
-//! (a pipe, inotify, a probe's timer), signals sent to conjure (a signalfd), and the program's
-//! sd_notify datagrams. [`Watch::next`] polls them all at once and hands out one [`Event`] at a
-//! time; the modes are thin callers that decide what each event means to them. Nothing sleeps,
-//! and a loop with nothing to wait for but events has no timeout: idle conjure makes no wakeups.
+//! (a pipe, inotify, a probe's timer), signals sent to conjure (a signalfd), the program's
+//! sd_notify datagrams and room on the supervisor's socket (the [`Relay`]), and the
+//! `--watchdog` check's timer. [`Watch::next`] polls them all at once and hands out one
+//! [`Event`] at a time; the modes are thin callers that decide what each event means to them.
+//! Nothing sleeps, and a loop with nothing to wait for but events has no timeout: idle conjure
+//! makes no wakeups (the watchdog, when asked for, wakes it once per interval).
 //!
 //! Order matters when several things happen at once, and the queue keeps the order in which
 //! they are learnt within one wake-up: the report pipe first (an exec that failed must not read
 //! as a death, nor a death as readiness), then the source, notify datagrams, signals, and the
 //! program's end last.
+//!
+//! The exec is known to have happened only when the report pipe reaches end of file *after*
+//! the child's last record, written just before `execve`: an end of file without it is a child
+//! that died (or was killed) before its exec, whatever pid it reported. Probing, and any
+//! "ready", wait for that.
 
 use std::collections::VecDeque;
 use std::io;
@@ -26,8 +33,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::daemon::report::{Decoder, Record};
 use crate::error::DaemonizeError;
 use crate::process::{Process, State, WaitStatus, timeout_until};
-use crate::readiness::notify::{self, NotifyHost};
+use crate::readiness::relay::Relay;
 use crate::readiness::source::{Armed, Probe};
+use crate::readiness::watchdog::{Verdict, Watchdog};
 use crate::sys::{Failure, MaskGuard};
 
 /// Something that happened, for the caller to act on.
@@ -35,8 +43,9 @@ use crate::sys::{Failure, MaskGuard};
 pub(crate) enum Event {
     /// The child reported the program's pid.
     Pid(i32),
-    /// The report pipe reached end of file: after an exec, the exec happened; from a library
-    /// daemon, it is gone or dropped its context.
+    /// The report pipe reached end of file: after the child's exec record, the exec happened
+    /// ([`Watch::exec_done`]); otherwise the child died before it, or a library daemon is gone
+    /// or dropped its context.
     Closed,
     /// A step between fork and exec failed.
     Failed(Failure),
@@ -54,10 +63,12 @@ pub(crate) enum Event {
     Stopped(i32),
     /// A signal was sent to conjure.
     Signal(Received),
-    /// A datagram from the program's tree on the hosted notify socket, as it came.
-    Notify(Vec<u8>),
     /// The readiness timeout passed.
     TimedOut,
+    /// Someone else holds the address the program is to listen on (who, for the message).
+    Taken(String),
+    /// The `--watchdog` check has failed for this long, past `--watchdog-timeout`.
+    Unhealthy(Duration),
     /// Another interval of [`Watch::ticks`] passed while waiting.
     Tick,
 }
@@ -146,10 +157,15 @@ pub(crate) struct Watch {
     pub process: Process,
     report: Option<OwnedFd>,
     decoder: Decoder,
+    /// The child's last record before `execve` arrived.
+    exec_started: bool,
     /// The readiness source, until it said ready.
     source: Option<Armed>,
     notify_source: bool,
-    notify: Option<NotifyHost>,
+    /// `READY=1` heard before the exec was known: counts once it is.
+    early_ready: bool,
+    relay: Option<Relay>,
+    watchdog: Option<Watchdog>,
     signals: Option<Signals>,
     /// Report job-control stops of the program.
     stops: bool,
@@ -161,10 +177,6 @@ pub(crate) struct Watch {
     tick: Option<(Duration, Instant)>,
     queue: VecDeque<Event>,
     ended_reported: bool,
-    /// The last `STATUS=` the program sent.
-    pub status: Option<String>,
-    /// The last `ERRNO=` the program sent.
-    pub errno: Option<i32>,
 }
 
 impl Watch {
@@ -175,9 +187,12 @@ impl Watch {
             process,
             report,
             decoder: Decoder::default(),
+            exec_started: false,
             source: None,
             notify_source: false,
-            notify: None,
+            early_ready: false,
+            relay: None,
+            watchdog: None,
             signals: None,
             stops: false,
             deadline: None,
@@ -187,8 +202,6 @@ impl Watch {
             tick: None,
             queue: VecDeque::new(),
             ended_reported: false,
-            status: None,
-            errno: None,
         }
     }
 
@@ -202,11 +215,45 @@ impl Watch {
         self
     }
 
-    /// Hosts `host` as the program's `NOTIFY_SOCKET`: datagrams from the program's tree become
-    /// [`Event::Notify`] (and `READY=1` readiness, with the notify source).
-    pub(crate) fn notify(&mut self, host: NotifyHost) -> &mut Self {
-        self.notify = Some(host);
+    /// Reads the program's sd_notify through `relay` (its hosted socket is the program's
+    /// `NOTIFY_SOCKET`): datagrams from the program's tree are relayed to the supervisor, if
+    /// the relay has one, and `READY=1` is readiness with the notify source.
+    pub(crate) fn relay(&mut self, relay: Relay) -> &mut Self {
+        self.relay = Some(relay);
         self
+    }
+
+    /// Runs `watchdog` from now on: its checks are scheduled in this loop, a passed one is
+    /// followed by `WATCHDOG=1` to the supervisor, and one failed for too long is
+    /// [`Event::Unhealthy`].
+    pub(crate) fn watchdog(&mut self, mut watchdog: Watchdog) -> &mut Self {
+        watchdog.start();
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// The last `STATUS=` the program sent.
+    pub(crate) fn status(&self) -> Option<&str> {
+        self.relay.as_ref().and_then(Relay::status)
+    }
+
+    /// The last `ERRNO=` the program sent.
+    pub(crate) fn errno(&self) -> Option<i32> {
+        self.relay.as_ref().and_then(Relay::errno)
+    }
+
+    /// Whether conjure relays to a supervisor of its own.
+    pub(crate) fn relays(&self) -> bool {
+        self.relay.as_ref().is_some_and(Relay::relays)
+    }
+
+    /// Tells the supervisor something of conjure's own, in order with what the program said
+    /// (through the relay's queue; never blocks).
+    pub(crate) fn tell_supervisor(&mut self, states: &[sd_notify::NotifyState<'_>]) -> std::io::Result<()> {
+        match self.relay.as_mut() {
+            Some(relay) => relay.tell(states),
+            None => Ok(()),
+        }
     }
 
     /// Delivers these signals as [`Event::Signal`].
@@ -228,9 +275,10 @@ impl Watch {
         self
     }
 
-    /// Whether the report pipe reached end of file (the exec happened).
+    /// Whether the exec is known to have happened: the report pipe reached end of file after
+    /// the child's exec record.
     pub(crate) fn exec_done(&self) -> bool {
-        self.report.is_none()
+        self.report.is_none() && self.exec_started
     }
 
     /// The readiness timeout, as extended by the program.
@@ -271,17 +319,13 @@ impl Watch {
         }
     }
 
-    /// Drains the hosted notify socket without waiting (the program is gone; what it said last
-    /// must not be lost).
-    pub(crate) fn drain_notify(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
+    /// The program is gone: relays what it said last, and gives the supervisor until
+    /// `deadline` to take what still waits for room.
+    pub(crate) fn finish_relay(&mut self, deadline: Option<Instant>) {
         self.read_notify();
-        while let Some(e) = self.queue.pop_front() {
-            if let Event::Notify(bytes) = e {
-                out.push(bytes);
-            }
+        if let Some(relay) = self.relay.as_mut() {
+            relay.finish(deadline);
         }
-        out
     }
 
     /// One poll over everything; queues what it learnt.
@@ -298,17 +342,21 @@ impl Watch {
         // On the stack, not in a Vec: this runs once per event, a relayed datagram included,
         // and musl's allocator is slow.
         let wanted = [
-            self.report.as_ref().map(AsFd::as_fd),
-            source_fd,
-            self.notify.as_ref().map(AsFd::as_fd),
-            self.signals.as_ref().map(|s| s.fd.as_fd()),
-            self.process.pidfd(),
+            (self.report.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+            (source_fd, PollFlags::POLLIN),
+            (self.relay.as_ref().and_then(Relay::host_fd), PollFlags::POLLIN),
+            (self.relay.as_ref().and_then(Relay::upstream_fd), PollFlags::POLLOUT),
+            (self.watchdog.as_ref().and_then(Watchdog::fd), PollFlags::POLLIN),
+            (self.signals.as_ref().map(|s| s.fd.as_fd()), PollFlags::POLLIN),
+            (self.process.pidfd(), PollFlags::POLLIN),
         ];
         let mut fds = PollSet::new(&wanted);
-        let [report_at, source_at, notify_at, signals_at, pidfd_at] = wanted.map(|fd| fds.add(fd));
+        let [report_at, source_at, notify_at, upstream_at, check_at, signals_at, pidfd_at] =
+            wanted.map(|(fd, events)| fds.add(fd, events));
 
         let probe_at = self.next_probe.filter(|_| self.exec_done());
-        let mut wake = [self.deadline, probe_at, self.tick.map(|t| t.1)].into_iter().flatten().min();
+        let check_due = self.watchdog.as_ref().and_then(Watchdog::due);
+        let mut wake = [self.deadline, probe_at, check_due, self.tick.map(|t| t.1)].into_iter().flatten().min();
         // Without a pidfd (kernels before 5.3) and without SIGCHLD, the program's end is
         // noticed by looking every 100 ms.
         if pidfd_at.is_none() && self.process.pid() > 0 && !self.watches_sigchld() {
@@ -322,6 +370,7 @@ impl Watch {
         let ready = |i: Option<usize>| fds.ready(i);
         let (report, source, notify, signals, pidfd) =
             (ready(report_at), ready(source_at), ready(notify_at), ready(signals_at), ready(pidfd_at));
+        let (upstream, check) = (ready(upstream_at), ready(check_at));
 
         if report {
             self.read_report()?;
@@ -334,6 +383,14 @@ impl Watch {
         }
         if notify {
             self.read_notify();
+        }
+        if upstream {
+            if let Some(relay) = self.relay.as_mut() {
+                relay.flush();
+            }
+        }
+        if check || check_due.is_some_and(|t| Instant::now() >= t) {
+            self.run_watchdog();
         }
         let mut child_changed = pidfd || (pidfd_at.is_none() && !self.watches_sigchld());
         if signals {
@@ -364,11 +421,28 @@ impl Watch {
     fn probe(&mut self) -> Result<(), DaemonizeError> {
         self.next_probe = None;
         let Some(source) = self.source.as_mut() else { return Ok(()) };
-        match source.probe()? {
+        match source.probe(&self.process)? {
             Probe::Ready => self.queue.push_back(Event::Ready),
             Probe::Again(at) => self.next_probe = at,
+            Probe::Taken(who) => self.queue.push_back(Event::Taken(who)),
         }
         Ok(())
+    }
+
+    /// Runs the watchdog's check when due (or when its command exited) and acts on it.
+    fn run_watchdog(&mut self) {
+        let Some(watchdog) = self.watchdog.as_mut() else { return };
+        match watchdog.poll(&self.process) {
+            Some(Verdict::Passed) if watchdog.pings() => {
+                if let Some(relay) = self.relay.as_mut() {
+                    if let Err(e) = relay.tell(&[sd_notify::NotifyState::Watchdog]) {
+                        tracing::debug!(error = %e, "cannot send WATCHDOG=1");
+                    }
+                }
+            }
+            Some(Verdict::Expired(failed_for)) => self.queue.push_back(Event::Unhealthy(failed_for)),
+            _ => {}
+        }
     }
 
     /// Reads what the report pipe holds, without blocking.
@@ -378,9 +452,12 @@ impl Watch {
         loop {
             match nix::unistd::read(fd.as_fd(), &mut buf) {
                 Ok(0) => {
-                    tracing::debug!(pid = self.process.pid(), "report pipe closed");
+                    tracing::debug!(pid = self.process.pid(), exec = self.exec_started, "report pipe closed");
                     self.report = None;
                     self.queue.push_back(Event::Closed);
+                    if self.exec_done() && std::mem::take(&mut self.early_ready) {
+                        self.queue.push_back(Event::Ready);
+                    }
                     return Ok(());
                 }
                 Ok(n) => {
@@ -392,6 +469,10 @@ impl Watch {
                                     .attach(p)
                                     .map_err(|source| DaemonizeError::SystemError { call: "pidfd_open", source })?;
                                 Event::Pid(p)
+                            }
+                            Record::Exec => {
+                                self.exec_started = true;
+                                continue;
                             }
                             Record::Failed(f) => Event::Failed(f),
                             Record::Ready => Event::DaemonReady,
@@ -408,67 +489,33 @@ impl Watch {
         }
     }
 
-    /// Receives every queued datagram; keeps those from the program's tree.
+    /// Receives what is queued on the hosted socket: the relay passes on what the program's
+    /// tree said; conjure acts on `EXTEND_TIMEOUT_USEC=`, `WATCHDOG_USEC=` and `READY=1`.
     fn read_notify(&mut self) {
-        let Some(host) = self.notify.as_ref() else { return };
-        loop {
-            let d = match host.recv() {
-                Ok(Some(d)) => d,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot read the notify socket");
-                    return;
-                }
-            };
-            let Some(sender) = d.pid else { continue };
-            if !self.owns(sender) {
-                tracing::debug!(
-                    sender,
-                    program = self.process.pid(),
-                    "ignoring a notify datagram from outside the program"
-                );
-                continue;
+        let Some(relay) = self.relay.as_mut() else { return };
+        let process = &self.process;
+        let waits_for_ready = self.notify_source && self.source.is_some();
+        let heard = relay.receive(|sender| owns(process, sender), waits_for_ready);
+        let relays = relay.relays();
+        if let Some(usec) = heard.extend {
+            if let Some(deadline) = self.deadline {
+                let new = Instant::now().checked_add(usec);
+                self.deadline = new.map(|n| n.max(deadline));
+                self.timeout = self.timeout.map(|t| t.max(usec));
             }
-            let m = notify::parse(&d.bytes);
-            if let Some(usec) = m.extend_timeout {
-                if let Some(deadline) = self.deadline {
-                    let new = Instant::now().checked_add(usec);
-                    self.deadline = new.map(|n| n.max(deadline));
-                    self.timeout = self.timeout.map(|t| t.max(usec));
-                }
+        }
+        if let (Some(usec), Some(watchdog)) = (heard.watchdog_usec, self.watchdog.as_mut()) {
+            if relays {
+                watchdog.set_supervisor(usec);
             }
-            if m.errno.is_some() {
-                self.errno = m.errno;
-            }
-            if let Some(s) = m.status {
-                self.status = Some(s);
-            }
-            self.queue.push_back(Event::Notify(d.bytes));
-            if m.ready && self.notify_source && self.source.is_some() {
+        }
+        if heard.ready && self.notify_source && self.source.is_some() {
+            if self.exec_done() {
                 self.queue.push_back(Event::Ready);
+            } else {
+                self.early_ready = true;
             }
         }
-    }
-
-    /// Whether `sender` belongs to the program: the program, a descendant, or (resident) an
-    /// orphan of its that conjure adopted.
-    fn owns(&self, sender: i32) -> bool {
-        let program = self.process.pid();
-        if program <= 0 {
-            return false;
-        }
-        let me = std::process::id() as i32;
-        let mut p = sender;
-        for _ in 0..4096 {
-            if p == program || (p != sender && p == me && self.process.reaps_all()) {
-                return true;
-            }
-            match crate::process::stat(p).map(|s| s.ppid) {
-                Some(pp) if pp > 0 && pp != p => p = pp,
-                _ => return false,
-            }
-        }
-        false
     }
 
     /// Reads every pending signal. SIGCHLD is conjure's own business (it says a child changed
@@ -509,29 +556,28 @@ impl Watch {
     }
 }
 
-/// The fds of one `poll`, at most five, in a fixed array: no allocation per wait.
+/// The fds of one `poll`, at most seven, in a fixed array: no allocation per wait.
 struct PollSet<'a> {
     /// `None` when there is nothing to poll (then `poll` only waits).
-    fds: Option<[PollFd<'a>; 5]>,
+    fds: Option<[PollFd<'a>; 7]>,
     len: usize,
 }
 
 impl<'a> PollSet<'a> {
     /// An empty set; unused slots hold a copy of the first fd of `wanted`, never polled.
-    fn new(wanted: &[Option<BorrowedFd<'a>>; 5]) -> PollSet<'a> {
+    fn new(wanted: &[(Option<BorrowedFd<'a>>, PollFlags); 7]) -> PollSet<'a> {
         let fds = wanted
             .iter()
-            .flatten()
-            .next()
-            .map(|&filler| std::array::from_fn(|i| PollFd::new(wanted[i].unwrap_or(filler), PollFlags::empty())));
+            .find_map(|(fd, _)| *fd)
+            .map(|filler| std::array::from_fn(|i| PollFd::new(wanted[i].0.unwrap_or(filler), PollFlags::empty())));
         PollSet { fds, len: 0 }
     }
 
-    /// Adds `fd`, if there is one, for reading; returns its index.
-    fn add(&mut self, fd: Option<BorrowedFd<'a>>) -> Option<usize> {
+    /// Adds `fd`, if there is one, for `events`; returns its index.
+    fn add(&mut self, fd: Option<BorrowedFd<'a>>, events: PollFlags) -> Option<usize> {
         let fd = fd?;
         let slot = self.fds.as_mut()?.get_mut(self.len)?;
-        *slot = PollFd::new(fd, PollFlags::POLLIN);
+        *slot = PollFd::new(fd, events);
         self.len += 1;
         Some(self.len - 1)
     }
@@ -548,6 +594,27 @@ impl<'a> PollSet<'a> {
         let fd = index.and_then(|i| self.fds.as_ref()?.get(i));
         fd.and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
     }
+}
+
+/// Whether `sender` belongs to the program: the program, a descendant, or (resident) an
+/// orphan of its that conjure adopted.
+fn owns(process: &Process, sender: i32) -> bool {
+    let program = process.pid();
+    if program <= 0 {
+        return false;
+    }
+    let me = std::process::id() as i32;
+    let mut p = sender;
+    for _ in 0..4096 {
+        if p == program || (p != sender && p == me && process.reaps_all()) {
+            return true;
+        }
+        match crate::process::stat(p).map(|s| s.ppid) {
+            Some(pp) if pp > 0 && pp != p => p = pp,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn read_error(source: io::Error) -> DaemonizeError {

@@ -8,16 +8,22 @@
 //!
 //! Which process runs what:
 //! - parsing and validation: the launcher, before any fork;
-//! - hosting the notify socket, the fd pipe, inotify and probes (`wait.rs`): the launcher
-//!   while it waits (or resident conjure, which is the launcher staying alive);
+//! - hosting the notify socket (`notify.rs`), the fd pipe, inotify and probes (`source.rs`,
+//!   `probe.rs`, `listeners.rs`): the launcher while it waits in the engine's event loop (or
+//!   resident conjure, which is the launcher staying alive);
+//! - relaying the program's sd_notify to conjure's supervisor (`relay.rs`) and feeding the
+//!   supervisor's watchdog from a check (`watchdog.rs`): resident conjure, in the same loop;
 //! - the sinks (`sink.rs`): the launcher once the source said "ready", except the pipe sink of a
 //!   library daemon, which the daemon itself writes through
 //!   [`DaemonContext::notify_parent`](crate::DaemonContext::notify_parent).
 
+pub(crate) mod listeners;
 pub(crate) mod notify;
 pub(crate) mod probe;
+pub(crate) mod relay;
 pub(crate) mod sink;
 pub(crate) mod source;
+pub(crate) mod watchdog;
 
 use std::fmt;
 use std::os::fd::RawFd;

@@ -2,8 +2,9 @@
 //! said "ready".
 //!
 //! The pipe sink needs nothing here: the launcher exiting 0 *is* the message. The pidfile sink
-//! is a rename done by the engine, which owns the pidfile. What remains is sd_notify and the
-//! s6 notification fd.
+//! is a rename done by the engine, which owns the pidfile. What remains is sd_notify from a
+//! process about to exit (resident conjure tells its supervisor through its relay instead) and
+//! the s6 notification fd.
 
 use std::io::Write;
 use std::os::fd::RawFd;
@@ -12,7 +13,7 @@ use sd_notify::NotifyState;
 
 use crate::error::DaemonizeError;
 use crate::readiness::Sink;
-use crate::readiness::notify;
+use crate::readiness::relay;
 
 /// Reports "ready" through `sink`. `mainpid` is sent when the main process is not the one
 /// notifying (the launcher exits and the program stays); `status` is the program's last
@@ -29,10 +30,10 @@ pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> R
                 states.push(NotifyState::Status(s));
             }
             states.push(NotifyState::Ready);
-            if notify::supervisor_address().is_none() {
+            if relay::supervisor_address().is_none() {
                 tracing::warn!("readiness sink is notify, but NOTIFY_SOCKET is not set: nobody to tell");
             }
-            notify::notify_supervisor(&states)
+            relay::notify_supervisor(&states)
                 .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
         }
         Sink::Fd(n) => write_newline_and_close(n),

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::error::DaemonizeError;
+use crate::process::Process;
 use crate::readiness::Source;
+use crate::readiness::listeners::{Owner, Target, describe_process};
 use crate::readiness::probe::{self, Backoff};
 
 /// A source with what it needs set up before the fork.
@@ -30,13 +32,9 @@ pub(crate) enum Armed {
         write: Option<OwnedFd>,
         target: RawFd,
     },
-    Tcp {
-        host: String,
-        port: u16,
-        backoff: Backoff,
-    },
-    Unix {
-        path: PathBuf,
+    /// `tcp:` and `unix:`: a listener of the program's at that address.
+    Listen {
+        target: Target,
         backoff: Backoff,
     },
     File {
@@ -51,12 +49,29 @@ pub(crate) enum Armed {
 }
 
 /// What a probe found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Probe {
     /// Ready.
     Ready,
     /// Not yet: probe again at this instant, or (`None`) when the source's fd says so.
     Again(Option<Instant>),
+    /// Someone else holds the address the program should listen on (who, as an operator reads
+    /// it: `port 8000 is already in use by pid 123 (python3)`).
+    Taken(String),
+}
+
+/// Before anything is started: an address the program is to listen on must not be taken
+/// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the program's).
+pub(crate) fn check_free(source: &Source) -> Result<(), DaemonizeError> {
+    let mut target = match source {
+        Source::Tcp(host, port) => Target::tcp(host, *port),
+        Source::Unix(path) => Target::Unix(absolute(path)?),
+        _ => return Ok(()),
+    };
+    match target.owner(None) {
+        Owner::Other(holders) => Err(DaemonizeError::AddressInUse(taken(&target, &holders))),
+        _ => Ok(()),
+    }
 }
 
 impl Armed {
@@ -77,8 +92,8 @@ impl Armed {
                     .map_err(|e| DaemonizeError::sys("fcntl", e))?;
                 Armed::Fd { read, write: Some(write), target: *n }
             }
-            Source::Tcp(host, port) => Armed::Tcp { host: host.clone(), port: *port, backoff: Backoff::default() },
-            Source::Unix(path) => Armed::Unix { path: absolute(path)?, backoff: Backoff::default() },
+            Source::Tcp(host, port) => Armed::Listen { target: Target::tcp(host, *port), backoff: Backoff::default() },
+            Source::Unix(path) => Armed::Listen { target: Target::Unix(absolute(path)?), backoff: Backoff::default() },
             Source::File(path) => {
                 let path = absolute(path)?;
                 let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
@@ -132,25 +147,17 @@ impl Armed {
         }
     }
 
-    /// Looks once: probes a probing source, checks a file, starts or checks a command.
-    pub(crate) fn probe(&mut self) -> Result<Probe, DaemonizeError> {
+    /// Looks once: probes a probing source, checks a file, starts or checks a command. `tree`
+    /// is the program, whose listeners alone count.
+    pub(crate) fn probe(&mut self, tree: &Process) -> Result<Probe, DaemonizeError> {
         Ok(match self {
             Armed::Exec => Probe::Ready,
             Armed::Notify | Armed::Fd { .. } => Probe::Again(None),
-            Armed::Tcp { host, port, backoff } => {
-                if probe::tcp(host, *port) {
-                    Probe::Ready
-                } else {
-                    Probe::Again(Some(probe::due(backoff)))
-                }
-            }
-            Armed::Unix { path, backoff } => {
-                if probe::unix(path) {
-                    Probe::Ready
-                } else {
-                    Probe::Again(Some(probe::due(backoff)))
-                }
-            }
+            Armed::Listen { target, backoff } => match target.owner(Some(tree)) {
+                Owner::Program => Probe::Ready,
+                Owner::Nobody => Probe::Again(Some(probe::due(backoff))),
+                Owner::Other(holders) => Probe::Taken(taken(target, &holders)),
+            },
             // Checked once after exec; from then on inotify says when to look again.
             Armed::File { path, .. } => {
                 if path.exists() {
@@ -240,6 +247,16 @@ impl Drop for Armed {
     fn drop(&mut self) {
         self.disarm();
     }
+}
+
+/// `port 8000 is already in use by pid 123 (python3)`.
+pub(crate) fn taken(target: &Target, holders: &[i32]) -> String {
+    let who = if holders.is_empty() {
+        "another process".to_string()
+    } else {
+        holders.iter().map(|p| describe_process(*p)).collect::<Vec<_>>().join(", ")
+    };
+    format!("{} is already in use by {who}", target.describe())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, DaemonizeError> {

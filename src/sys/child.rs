@@ -213,6 +213,9 @@ impl ChildPlan {
 pub(crate) const FAILURE_TAG: u8 = b'F';
 /// Record carrying the daemon's pid.
 pub(crate) const PID_TAG: u8 = b'P';
+/// Record written just before `execve`: an end of file after it means the exec happened, one
+/// without it that the child died before its exec.
+pub(crate) const EXEC_TAG: u8 = b'X';
 
 /// `write(2)` of a whole buffer, retried on EINTR. Async-signal-safe.
 fn raw_write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), i32> {
@@ -238,6 +241,14 @@ pub(super) fn report_failure(fd: RawFd, failure: Failure) {
     }
     let e = failure.errno.to_le_bytes();
     let _ = raw_write_all(fd, &[FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]);
+}
+
+/// Tells the launcher the child is about to exec; async-signal-safe. A write that fails is
+/// ignored: the launcher then learns the outcome from the end of file, or a failure record.
+pub(super) fn report_exec(fd: RawFd) {
+    if fd >= 0 {
+        let _ = raw_write_all(fd, &[EXEC_TAG]);
+    }
 }
 
 /// Sends the child's own pid to the launcher; async-signal-safe.

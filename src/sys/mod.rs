@@ -29,14 +29,16 @@ mod env;
 mod fds;
 mod pids;
 mod signals;
+mod sockets;
 
-pub(crate) use child::{ChildPlan, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
-use child::{exec, fail, report_failure, setup};
+pub(crate) use child::{ChildPlan, EXEC_TAG, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
+use child::{exec, fail, report_exec, report_failure, setup};
 pub(crate) use creds::with_fs_identity;
 pub(crate) use env::Envp;
 pub(crate) use fds::*;
 pub(crate) use pids::*;
 pub(crate) use signals::*;
+pub(crate) use sockets::{Ancillary, MAX_FDS, recv_with_fds};
 
 /// The result of [`fork`](crate::process::fork), as the `fork` crate spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +222,7 @@ pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, 
             if let Some(intermediate) = intermediate {
                 await_reparent(intermediate);
             }
+            report_exec(plan.report);
             let failure = match plan.exec.as_mut() {
                 // SAFETY: in the child, on its own copy of the plan.
                 Some(exec_plan) => unsafe { exec(exec_plan) },
