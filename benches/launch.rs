@@ -461,13 +461,20 @@ fn launch(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
             Box::new(move || cmd(sdd, &["--start", "--background", "--quiet", "--exec", "/bin/true"])),
         );
     }
-    if let Some(f) = t.floor() {
+    // 100 KB of environment and of argv, for the C floor and for conjure alike.
+    let heavy: Vec<(&str, &Path, &[&str])> = t
+        .floor()
+        .map(|f| ("C floor", f, &["floor", "/bin/true"][..]))
+        .into_iter()
+        .chain([("conjure", conjure, &["--", "/bin/true"][..])])
+        .collect();
+    for (who, exe, base) in heavy {
         let env = &big_env;
         push(
             &mut cases,
-            "C floor, 100 KB of environment".into(),
+            format!("{who}, 100 KB of environment"),
             Box::new(move || {
-                let mut c = cmd(f, &["floor", "/bin/true"]);
+                let mut c = cmd(exe, base);
                 c.envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }),
@@ -475,31 +482,9 @@ fn launch(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
         let args = &big_args;
         push(
             &mut cases,
-            "C floor, 100 KB of argv".into(),
+            format!("{who}, 100 KB of argv"),
             Box::new(move || {
-                let mut c = cmd(f, &["floor", "/bin/true"]);
-                c.args(args);
-                c
-            }),
-        );
-    }
-    {
-        let env = &big_env;
-        push(
-            &mut cases,
-            "conjure, 100 KB of environment".into(),
-            Box::new(move || {
-                let mut c = cmd(conjure, &["--", "/bin/true"]);
-                c.envs(env.iter().map(|(k, v)| (k, v)));
-                c
-            }),
-        );
-        let args = &big_args;
-        push(
-            &mut cases,
-            "conjure, 100 KB of argv".into(),
-            Box::new(move || {
-                let mut c = cmd(conjure, &["--", "/bin/true"]);
+                let mut c = cmd(exe, base);
                 c.args(args);
                 c
             }),
@@ -614,18 +599,20 @@ fn concurrent(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     if let Some(f) = t.floor() {
         cases.push(("C floor ×32".into(), Box::new(move || burst(f, &["floor", "/bin/true"]))));
     }
-    let samples = interleave(&mut cases, rounds);
+    let line = against_the_second(&mut cases, rounds, "µs", "C floor");
+    readme.extend(line.map(|r| format!("| 32 concurrent launches | {r:.2}× | C floor, same linking (goal ≤ 1.0) |")));
+}
+
+/// Runs two cases interleaved, prints both against the second (`base`), and returns the first's
+/// ratio to it (none without a second case).
+fn against_the_second(cases: &mut [Case<'_>], rounds: usize, unit: &str, base: &str) -> Option<f64> {
+    let samples = interleave(cases, rounds);
     let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
-    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("C floor", s.clone())).into_iter().collect();
+    let bases: Vec<(&str, Stats)> = stats.get(1).map(|s| (base, s.clone())).into_iter().collect();
     for ((name, _), s) in cases.iter().zip(&stats) {
-        row(name, "µs", s, &base);
+        row(name, unit, s, &bases);
     }
-    if let Some(b) = stats.get(1).filter(|b| b.median > 0.0) {
-        readme.push(format!(
-            "| 32 concurrent launches | {:.2}× | C floor, same linking (goal ≤ 1.0) |",
-            stats[0].ratio(b).unwrap_or(f64::NAN)
-        ));
-    }
+    stats.get(1).and_then(|b| stats.first()?.ratio(b))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -633,44 +620,29 @@ fn concurrent(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
 
 fn counts(t: &Tools) {
     println!("\n## Deterministic counts (`-- /bin/true`, this environment)");
+    let plain: &[&str] = &["--", "/bin/true"];
+    let floor: &[&str] = &["floor", "/bin/true"];
     if let Some(v) = &t.valgrind {
         println!("  instructions before the first fork (callgrind):");
-        let show = |name: &str, exe: Option<&Path>, args: &[&str]| {
-            if let Some(exe) = exe {
-                match instructions_before_fork(v, exe, args, &t.scratch) {
-                    Some(n) => println!("    {name:<46} {n:>9}"),
-                    None => println!("    {name:<46} (no count)"),
-                }
-            }
-        };
-        show(
-            "conjure, shipped code (musl static, unstripped)",
-            t.conjure_static_symbols.as_deref(),
-            &["--", "/bin/true"],
-        );
-        show(
-            "conjure -p P -o O (musl static, unstripped)",
-            t.conjure_static_symbols.as_deref(),
-            &["-p", "/tmp/conjure-bench-count.pid", "-o", "/dev/null", "--", "/bin/true"],
-        );
-        show("conjure, glibc dynamic", Some(&t.conjure_dyn), &["--", "/bin/true"]);
-        show("C floor, musl static", t.floor_static.as_deref(), &["floor", "/bin/true"]);
-        show("C floor, glibc dynamic", t.floor_dyn.as_deref(), &["floor", "/bin/true"]);
+        let pidfile_args: &[&str] = &["-p", "/tmp/conjure-bench-count.pid", "-o", "/dev/null", "--", "/bin/true"];
+        let rows = [
+            ("conjure, shipped code (musl static, unstripped)", t.conjure_static_symbols.as_deref(), plain),
+            ("conjure -p P -o O (musl static, unstripped)", t.conjure_static_symbols.as_deref(), pidfile_args),
+            ("conjure, glibc dynamic", Some(t.conjure_dyn.as_path()), plain),
+            ("C floor, musl static", t.floor_static.as_deref(), floor),
+            ("C floor, glibc dynamic", t.floor_dyn.as_deref(), floor),
+        ];
+        show_counts(&rows, |exe, args| instructions_before_fork(v, exe, args, &t.scratch));
     }
     if let Some(s) = &t.strace {
         println!("  syscalls before the program's exec, all processes (strace -f):");
-        let show = |name: &str, exe: Option<&Path>, args: &[&str]| {
-            if let Some(exe) = exe {
-                match syscalls_before_exec(s, exe, args, &t.scratch) {
-                    Some(n) => println!("    {name:<46} {n:>9}"),
-                    None => println!("    {name:<46} (no count)"),
-                }
-            }
-        };
-        show("conjure (shipped)", t.conjure_static.as_deref(), &["--", "/bin/true"]);
-        show("conjure, glibc dynamic", Some(&t.conjure_dyn), &["--", "/bin/true"]);
-        show("C floor, musl static", t.floor_static.as_deref(), &["floor", "/bin/true"]);
-        show("C floor, glibc dynamic", t.floor_dyn.as_deref(), &["floor", "/bin/true"]);
+        let rows = [
+            ("conjure (shipped)", t.conjure_static.as_deref(), plain),
+            ("conjure, glibc dynamic", Some(t.conjure_dyn.as_path()), plain),
+            ("C floor, musl static", t.floor_static.as_deref(), floor),
+            ("C floor, glibc dynamic", t.floor_dyn.as_deref(), floor),
+        ];
+        show_counts(&rows, |exe, args| syscalls_before_exec(s, exe, args, &t.scratch).map(|n| n as u64));
     }
     println!("  binary sizes:");
     for (name, exe) in [
@@ -684,21 +656,32 @@ fn counts(t: &Tools) {
     }
 }
 
+/// Prints one count per row (name, binary if built, arguments).
+fn show_counts(rows: &[(&str, Option<&Path>, &[&str])], count: impl Fn(&Path, &[&str]) -> Option<u64>) {
+    for (name, exe, args) in rows {
+        if let Some(exe) = exe {
+            match count(exe, args) {
+                Some(n) => println!("    {name:<46} {n:>9}"),
+                None => println!("    {name:<46} (no count)"),
+            }
+        }
+    }
+}
+
 /// Instructions `exe` runs before its first fork, from program start (callgrind's dump at the
 /// entry of `fork`; needs symbols).
 fn instructions_before_fork(valgrind: &Path, exe: &Path, args: &[&str], scratch: &Path) -> Option<u64> {
     let dir = scratch.join("callgrind");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).ok()?;
-    Command::new(valgrind)
-        .current_dir(&dir)
-        .args(["--tool=callgrind", "--dump-before=fork", "--dump-before=_Fork", "--dump-before=__libc_fork"])
-        .arg(exe)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?;
+    let mut tool = Command::new(valgrind);
+    tool.current_dir(&dir).args([
+        "--tool=callgrind",
+        "--dump-before=fork",
+        "--dump-before=_Fork",
+        "--dump-before=__libc_fork",
+    ]);
+    run_under(tool, exe, args)?;
     // The launcher is the lowest pid; its first part is up to the first fork.
     let mut firsts: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
         .ok()?
@@ -715,18 +698,17 @@ fn instructions_before_fork(valgrind: &Path, exe: &Path, args: &[&str], scratch:
     text.lines().find_map(|l| l.strip_prefix("summary: ")).and_then(|n| n.trim().parse().ok())
 }
 
+/// Runs `exe args` under `tool` (already given its own arguments), quietly, to its end.
+fn run_under(mut tool: Command, exe: &Path, args: &[&str]) -> Option<()> {
+    tool.arg(exe).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().ok().map(drop)
+}
+
 /// Syscalls made by every process of a launch before the program's own `execve`.
 fn syscalls_before_exec(strace: &Path, exe: &Path, args: &[&str], scratch: &Path) -> Option<usize> {
     let log = scratch.join("strace.log");
-    Command::new(strace)
-        .args(["-f", "-qq", "-o"])
-        .arg(&log)
-        .arg(exe)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .ok()?;
+    let mut tool = Command::new(strace);
+    tool.args(["-f", "-qq", "-o"]).arg(&log);
+    run_under(tool, exe, args)?;
     std::thread::sleep(Duration::from_millis(50));
     let text = std::fs::read_to_string(&log).ok()?;
     let mut n = 0;
@@ -866,6 +848,16 @@ impl FakeSystemd {
         }
     }
 
+    /// Starts `cmd` quietly with `NOTIFY_SOCKET` naming this socket.
+    fn spawn_for(&self, cmd: &mut Command) -> Option<Child> {
+        cmd.env("NOTIFY_SOCKET", &self.path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+    }
+
     fn drain(&self) {
         let _ = self.socket.set_nonblocking(true);
         let mut buf = [0u8; 4096];
@@ -980,13 +972,7 @@ fn exit_after_ready(cmd: &mut Command, stamp: &Path) -> Option<f64> {
 fn datagram_after_ready(cmd: &mut Command, stamp: &Path, fake: &FakeSystemd) -> Option<f64> {
     let _ = std::fs::remove_file(stamp);
     fake.drain();
-    let mut child = cmd
-        .env("NOTIFY_SOCKET", &fake.path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let mut child = fake.spawn_for(cmd)?;
     let got = fake.wait_for("READY=1", Duration::from_secs(5));
     let stamped = read_stamp(stamp);
     for c in children_of(child.id() as i32) {
@@ -1051,14 +1037,7 @@ fn relay(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
         } else {
             Command::new(floor)
         };
-        let mut child = cmd
-            .args(["flood", &N.to_string()])
-            .env("NOTIFY_SOCKET", &fake.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
+        let mut child = fake.spawn_for(cmd.args(["flood", &N.to_string()]))?;
         let mut buf = [0u8; 4096];
         let (mut first, mut last, mut got) = (None, 0i64, 0usize);
         let _ = fake.socket.set_read_timeout(Some(Duration::from_secs(2)));
@@ -1124,16 +1103,6 @@ fn orphans(t: &Tools, rounds: usize, readme: &mut Vec<String>) {
     if let Some(tini) = &t.tini {
         cases.push(("tini as PID 1".into(), Box::new(move || run(tini, &["--"]))));
     }
-    let samples = interleave(&mut cases, rounds);
-    let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
-    let base: Vec<(&str, Stats)> = stats.get(1).map(|s| ("tini", s.clone())).into_iter().collect();
-    for ((name, _), s) in cases.iter().zip(&stats) {
-        row(name, "ms", s, &base);
-    }
-    if let Some(b) = stats.get(1).filter(|b| b.median > 0.0) {
-        readme.push(format!(
-            "| 10,000 orphans reaped as PID 1 | {:.2}× | tini (goal ≤ 1.0) |",
-            stats[0].ratio(b).unwrap_or(f64::NAN)
-        ));
-    }
+    let line = against_the_second(&mut cases, rounds, "ms", "tini");
+    readme.extend(line.map(|r| format!("| 10,000 orphans reaped as PID 1 | {r:.2}× | tini (goal ≤ 1.0) |")));
 }

@@ -32,31 +32,13 @@ pub fn parse(mut args: Vec<OsString>) -> Result<Cli, Vec<OsString>> {
 /// The options of a plain start line, and where the program starts in `args`; the program's
 /// arguments are left to the caller.
 fn read(args: &[OsString]) -> Option<(Cli, usize)> {
+    // The defaults clap's attributes give (`cli.rs`), parsed by the same parsers.
     let mut start = Start {
-        pidfile: None,
-        lock: None,
-        no_lock: false,
-        chdir: None,
-        umask: None,
-        stdout: None,
-        stderr: None,
-        append: false,
-        user: None,
-        group: None,
-        foreground: false,
-        no_close_fds: false,
-        keep_fd: Vec::new(),
         ready_on: conjure::readiness::Source::from_str("exec").ok()?,
         readiness: conjure::readiness::SinkChoice::from_str("auto").ok()?,
         ready_timeout: conjure::parse_duration("90s").ok()?,
         kill_after: conjure::parse_duration("5s").ok()?,
-        watchdog: None,
-        watchdog_timeout: None,
-        supervise: false,
-        signal_group: false,
-        rewrite: Vec::new(),
-        env: Vec::new(),
-        command: Vec::new(),
+        ..Start::default()
     };
     let mut verbose = false;
     let mut seen = Seen::default();

@@ -83,7 +83,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct Start {
     /// Write the daemon's pid to this file, locked for its lifetime.
     #[arg(short = 'p', long = "pidfile", value_name = "PATH")]
