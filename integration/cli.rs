@@ -347,6 +347,20 @@ fn stale_pidfile_of_a_sigkilled_daemon_does_not_block_the_next_start() {
     assert!(lock_is_held(&pidfile));
 }
 
+/// The pid is written over the stale one and the file cut to its length (not truncated first,
+/// which costs a wait for the disk on ext4): a shorter pid must leave nothing of a longer one.
+#[test]
+fn a_stale_pidfile_with_a_longer_pid_is_rewritten_to_exactly_the_new_one() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    // The highest pid Linux hands out: longer than any this test will get, and not running.
+    std::fs::write(&pidfile, "4194304\n").unwrap();
+    assert_eq!(read_pidfile(&pidfile), 4_194_304, "precondition: the long stale pid is there");
+    let daemon = start(argv!["-p", &pidfile, "--", "sleep", "60"], &pidfile);
+    assert!(daemon.pid < 4_194_304);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), format!("{}\n", daemon.pid));
+}
+
 #[test]
 fn thirty_two_simultaneous_starts_on_one_pidfile_leave_exactly_one_daemon() {
     let s = Scratch::new();

@@ -309,3 +309,29 @@ fn kubernetes_probe_conjure_status_answers_3_until_the_program_listens_then_0() 
     assert!(!root.join(pidfile.trim_start_matches('/')).exists(), "the pidfile outlived the pod's program");
     s.wait_no_process_left();
 }
+
+/// conjure as PID 1 of a PID namespace that has no `/proc` of its own (`unshare --pid --fork`
+/// without `--mount-proc`) sees the host's `/proc`. It once took every host process whose
+/// parent is the host's init for an orphan of its own: when the program ended it signalled
+/// them, by numbers that in its namespace may name other processes, and waited out the grace
+/// period twice (15 s for a program that exits at once). It must stop nothing and end at once.
+#[test]
+fn pid1_under_the_hosts_proc_stops_no_stranger_when_the_program_ends() {
+    if !is_root() {
+        say_skipped("needs root");
+        return;
+    }
+    let Some(unshare) = find_tool("unshare", "util-linux") else { return };
+    // The premise: in such a namespace, /proc/self is not conjure's pid 1.
+    let premise =
+        TestCommand::new(&unshare).args(["--pid", "--fork", "--kill-child", "--", "readlink", "/proc/self"]).run();
+    assert_ne!(premise.stdout.trim(), "1", "unshare gave the namespace a /proc of its own");
+    let out = TestCommand::new(&unshare)
+        .args(argv!["--pid", "--fork", "--kill-child", "--", conjure_bin(), "-v", "-f", "--", testprog(), "exit", "0"])
+        .run();
+    assert!(out.status.success(), "conjure as PID 1 failed\n{out}");
+    assert!(out.stderr.contains("program ended"), "no trace of the program's end\n{out}");
+    for stray in ["stopping what is left", "cannot signal", "survived"] {
+        assert!(!out.stderr.contains(stray), "conjure went after processes that are not its own ({stray:?})\n{out}");
+    }
+}

@@ -824,6 +824,18 @@ pub fn static_example(name: &'static str) -> Option<PathBuf> {
             "--target",
             "x86_64-unknown-linux-musl",
         ],
+        "testprog" => &[
+            "build",
+            "--quiet",
+            "--package",
+            "conjure-daemon",
+            "--example",
+            "testprog",
+            "--profile",
+            "release-static",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ],
         _ => panic!("no static build of {name} is set up"),
     };
     if !cargo_once(args) {

@@ -83,7 +83,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct Start {
     /// Write the daemon's pid to this file, locked for its lifetime.
     #[arg(short = 'p', long = "pidfile", value_name = "PATH")]
@@ -161,14 +161,14 @@ pub struct Start {
     pub command: Vec<OsString>,
 }
 
-fn parse_umask(text: &str) -> Result<u32, String> {
+pub fn parse_umask(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text, 8)
         .ok()
         .filter(|m| *m <= 0o777)
         .ok_or_else(|| format!("invalid umask `{text}`: expected an octal mode from 0 to 777"))
 }
 
-fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+pub fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
     // `NAME` alone sets it to the empty string, as blivet's `daemonize -E NAME` does.
     let (k, v) = text.split_once('=').unwrap_or((text, ""));
     if k.is_empty() {
@@ -177,7 +177,7 @@ fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
     Ok((k.into(), v.into()))
 }
 
-fn parse_rewrite(text: &str) -> Result<(i32, i32), String> {
+pub fn parse_rewrite(text: &str) -> Result<(i32, i32), String> {
     let (from, to) = text
         .split_once(':')
         .ok_or_else(|| format!("invalid signal rewrite `{text}`: expected FROM:TO, like TERM:QUIT"))?;

@@ -230,12 +230,15 @@ impl DaemonConfig {
     /// Checks everything that can be checked before forking: paths and their directories, roles
     /// that would collide, env keys, the umask, users, groups, and root for `-u/-g`.
     pub fn validate(&self) -> Result<(), DaemonizeError> {
-        self.resolved().map(|_| ())
+        self.validated().map(|_| ())
     }
 
-    /// [`validate`](Self::validate), returning the config with every path made absolute against
-    /// the current directory, so that the daemon's `chdir` cannot change what they name.
-    pub(crate) fn resolved(&self) -> Result<DaemonConfig, DaemonizeError> {
+    /// [`validate`](Self::validate), returning what it found: the config with every path made
+    /// absolute against the current directory (so that the daemon's `chdir` cannot change what
+    /// they name) and the identity resolved to numbers. The engine starts from this, so users
+    /// and groups are looked up once per launch (NSS lookups read files, and may ask a network
+    /// service).
+    pub(crate) fn validated(&self) -> Result<Validated, DaemonizeError> {
         let mut c = self.clone();
         let cwd = std::env::current_dir().map_err(|e| {
             DaemonizeError::invalid(format!("cannot read the current directory: {}", crate::error::why(&e)))
@@ -333,9 +336,17 @@ impl DaemonConfig {
                 return Err(DaemonizeError::invalid(format!("cannot keep fd {fd}: it is not open")));
             }
         }
-        crate::daemon::ids::resolve(c.user.as_deref(), c.group.as_deref())?;
-        Ok(c)
+        let identity = crate::daemon::ids::resolve(c.user.as_deref(), c.group.as_deref())?;
+        Ok(Validated { config: c, identity })
     }
+}
+
+/// A configuration that passed [`DaemonConfig::validate`]: every path absolute, the user and
+/// group resolved. Made only by [`DaemonConfig::validated`].
+#[derive(Debug)]
+pub(crate) struct Validated {
+    pub config: DaemonConfig,
+    pub identity: Option<crate::daemon::ids::Identity>,
 }
 
 /// Whether two paths name one file: the same path, or (when both exist) the same inode.

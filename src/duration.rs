@@ -18,19 +18,37 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "ms" => 1e-3,
-        "us" => 1e-6,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
+    // Nanoseconds per unit. Integer arithmetic throughout: exact for every unit (`1.1ms` is
+    // 1,100,000 ns, where a float is not), and no float parser in the shipped binary.
+    let scale: u128 = match unit {
+        "" | "s" => 1_000_000_000,
+        "ms" => 1_000_000,
+        "us" => 1_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(format!("invalid duration `{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration `{text}`: expected a number and a unit, like 500ms, 10s or 2m"))?;
-    // Only digits and dots reach here, so the value is finite (or +inf) and never negative.
-    Ok(Duration::try_from_secs_f64(value * scale).unwrap_or(Duration::MAX))
+    let invalid = || format!("invalid duration `{text}`: expected a number and a unit, like 500ms, 10s or 2m");
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+        return Err(invalid());
+    }
+    // Saturating: a number too long for u128 nanoseconds is longer than Duration::MAX anyway.
+    let mut nanos: u128 = 0;
+    for d in whole.bytes() {
+        nanos = nanos.saturating_mul(10).saturating_add(u128::from(d - b'0'));
+    }
+    nanos = nanos.saturating_mul(scale);
+    // Fraction digits beyond the 20th are below a nanosecond for every unit: dropped.
+    let mut part: u128 = 0;
+    let mut denominator: u128 = 1;
+    for d in fraction.bytes().take(20) {
+        part = part * 10 + u128::from(d - b'0');
+        denominator *= 10;
+    }
+    nanos = nanos.saturating_add(part * scale / denominator);
+    let secs = u64::try_from(nanos / 1_000_000_000).unwrap_or(u64::MAX);
+    Ok(if secs == u64::MAX { Duration::MAX } else { Duration::new(secs, (nanos % 1_000_000_000) as u32) })
 }
 
 /// Formats a duration the way [`parse_duration`] reads it: `90s`, `500ms`, `1.5s`.
@@ -40,7 +58,12 @@ pub(crate) fn format(d: Duration) -> String {
     } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else {
-        format!("{}s", format!("{:.3}", d.as_secs_f64()).trim_end_matches('0'))
+        // Milliseconds, without trailing zeros: 1.5s, 2.25s, 1.001s.
+        let millis = format!("{:03}", d.subsec_millis());
+        match millis.trim_end_matches('0') {
+            "" => format!("{}s", d.as_secs()),
+            m => format!("{}.{m}s", d.as_secs()),
+        }
     }
 }
 
@@ -88,5 +111,14 @@ mod tests {
         assert_eq!(format(Duration::from_secs(90)), "90s");
         assert_eq!(format(Duration::from_millis(250)), "250ms");
         assert_eq!(format(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format(Duration::from_millis(2250)), "2.25s");
+        assert_eq!(format(Duration::from_millis(1001)), "1.001s");
+        assert_eq!(format(Duration::from_micros(1_000_100)), "1s");
+        assert_eq!(parse_duration("1.1ms"), Ok(Duration::from_micros(1100)));
+        assert_eq!(parse_duration(".5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5."), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("0.000000001s"), Ok(Duration::from_nanos(1)));
+        assert!(parse_duration(".").is_err());
+        assert!(parse_duration("..").is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! an exit code. The clap definition is in `cli.rs`, stderr and tracing in `log.rs`; everything
 //! else lives in the library.
 
+mod argv;
 mod cli;
 mod log;
 
@@ -16,7 +17,10 @@ use tracing::Level;
 
 fn main() -> ExitCode {
     let journal = log::stderr_is_journal();
-    let cli = match Cli::try_parse_from(subcommand_first(std::env::args_os().collect())) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // A plain start line is read without clap; anything else goes to clap (see argv.rs).
+    let parsed = argv::parse(args).or_else(|args| Cli::try_parse_from(subcommand_first(args)));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             // --help, --version.

@@ -13,6 +13,8 @@
 //! testprog tree FILE N [CODE]          fork N children that sleep (their command line is this
 //!                                      one), write "pids P C1 .. CN" to FILE, then sleep, or
 //!                                      exit with CODE and leave the children orphaned
+//! testprog ppid                       print "ppid P sid S": the parent pid read before main ran
+//!                                      (a constructor), and the session id
 //! testprog record-signals FILE         take every signal through sigwaitinfo: write "ready",
 //!                                      then one line per signal received ("15"); exit 0 after
 //!                                      SIGTERM
@@ -36,6 +38,19 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
+
+/// `getppid()` as soon as this program runs: read by a constructor, before std's runtime set-up
+/// and `main`, so that a program exec'd before it was reparented is caught in the act.
+static FIRST_PPID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn read_ppid_first() {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    FIRST_PPID.store(unsafe { libc::getppid() }, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static READ_PPID_FIRST: extern "C" fn() = read_ppid_first;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -68,6 +83,12 @@ fn main() {
             sleep(arg(&strs, 1).parse().unwrap_or_else(|_| usage()));
         }
         "tree" => tree(Path::new(arg(&strs, 1)), arg(&strs, 2).parse().unwrap_or_else(|_| usage()), strs.get(3)),
+        "ppid" => {
+            // SAFETY: getsid(0) has no preconditions.
+            let sid = unsafe { libc::getsid(0) };
+            let ppid = FIRST_PPID.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = std::io::stdout().write_all(format!("ppid {ppid} sid {sid}\n").as_bytes());
+        }
         "record-signals" => record_signals(Path::new(arg(&strs, 1))),
         "wrap" => wrap(&args[1..]),
         _ => usage(),

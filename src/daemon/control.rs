@@ -300,7 +300,7 @@ const WRITTEN_WITHIN: f64 = 2.0;
 /// written by someone else) is not shown to be the daemon. `None` when either cannot be read.
 fn started_before(pid: i32, file: &File) -> Option<bool> {
     let started = crate::process::stat(pid)?.start_ticks as f64 / clock_ticks()?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let uptime = seconds(std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?)?;
     let now = SystemTime::now();
     let modified = file.metadata().ok()?.modified().ok()?;
     let age = now.duration_since(modified).ok()?.as_secs_f64();
@@ -308,10 +308,33 @@ fn started_before(pid: i32, file: &File) -> Option<bool> {
     Some(started <= written + 0.011 && started >= written - WRITTEN_WITHIN)
 }
 
+/// `/proc/uptime`'s `12345.67` as seconds (parsed as integers: no float parser in the binary).
+fn seconds(text: &str) -> Option<f64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let whole: u64 = whole.parse().ok()?;
+    let fraction = fraction.get(..fraction.len().min(9)).unwrap_or("");
+    let part: u64 = if fraction.is_empty() { 0 } else { fraction.parse().ok()? };
+    Some(whole as f64 + part as f64 / 10f64.powi(fraction.len() as i32))
+}
+
 /// Clock ticks per second, the unit of `/proc/PID/stat`'s start time.
 fn clock_ticks() -> Option<f64> {
     match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
         Ok(Some(n)) if n > 0 => Some(n as f64),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_seconds_read_without_a_float_parser() {
+        assert_eq!(seconds("12345.67"), Some(12345.67));
+        assert_eq!(seconds("7"), Some(7.0));
+        assert_eq!(seconds("0.5"), Some(0.5));
+        assert_eq!(seconds("x.5"), None);
+        assert_eq!(seconds("1.x"), None);
     }
 }

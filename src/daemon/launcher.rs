@@ -70,6 +70,12 @@ const LISTEN_FDS_START: i32 = 3;
 /// supervisor: it takes over every signal of the calling thread and reaps every child of the
 /// process. The pidfile sink in the background detaches a copy of the process, which needs a
 /// single-threaded caller and is refused otherwise.
+///
+/// The program's environment is this process's own (`environ`, passed by pointer rather than
+/// copied), with the launcher's variables set. So, as with any code that reads the environment
+/// other than through `std::env`, no other thread may call `std::env::set_var` or `remove_var`
+/// (or C's `setenv`, `putenv`, `unsetenv`) while `run` starts the program: `set_var`'s safety
+/// contract already forbids that.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     config: DaemonConfig,
@@ -236,7 +242,7 @@ impl Launcher {
     /// is taken over and forwarded to the program.) The mask and the child-subreaper flag are
     /// the caller's again when this returns.
     pub fn run(&self) -> Result<Outcome, DaemonizeError> {
-        self.config.validate()?;
+        let validated = self.config.validated()?;
         let program = resolve_program(&self.program, self.search_path().as_deref())?;
         tracing::debug!(program = %program.display(), source = %self.source, "program resolved");
         let foreground = self.config.foreground;
@@ -285,7 +291,7 @@ impl Launcher {
             .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
 
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
-        let mut prepared = Prepared::new(&self.config, mode)?;
+        let mut prepared = Prepared::new(validated, mode)?;
         let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
         // Resident conjure notifying as the main process relays what the program says over
         // sd_notify, which must come through conjure to count (and feeds the supervisor's
@@ -453,54 +459,47 @@ impl Launcher {
         source_env: Option<(&'static str, String)>,
         watchdog: WatchdogEnv,
     ) -> Result<ExecPlan, DaemonizeError> {
-        let mut argv = Vec::with_capacity(self.args.len() + 1);
-        for arg in std::iter::once(&self.program).chain(&self.args) {
-            if arg.as_bytes().contains(&0) {
-                return Err(DaemonizeError::invalid(format!(
-                    "invalid argument `{}`: contains NUL",
-                    arg.to_string_lossy()
-                )));
-            }
-            argv.push(cstring(arg.as_bytes()));
+        let argv = std::iter::once(&self.program).chain(&self.args).map(|a| a.as_bytes());
+        if let Some(arg) = argv.clone().find(|a| a.contains(&0)) {
+            return Err(DaemonizeError::invalid(format!(
+                "invalid argument `{}`: contains NUL",
+                String::from_utf8_lossy(arg)
+            )));
         }
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        // What conjure sets, last setting first wins: the source's socket, then `-E`, then the
+        // identity's variables; everything else is the launcher's own environment, passed by
+        // pointer (see `sys::Envp`).
+        let mut add: Vec<(&[u8], &[u8])> = Vec::new();
+        if let Some((k, v)) = &source_env {
+            set_once(&mut add, k.as_bytes(), v.as_bytes());
+        }
+        for (k, v) in prepared.config.env.iter().rev() {
+            set_once(&mut add, k.as_bytes(), v.as_bytes());
+        }
+        let mut drop: Vec<&[u8]> = Vec::new();
         if rewrite_listen_pid {
-            env.retain(|(k, _)| k != "LISTEN_PID");
+            drop.push(b"LISTEN_PID");
         }
         // systemd's watchdog variables name conjure: the program sees them naming itself, or
         // not at all.
         if watchdog != WatchdogEnv::Absent {
-            env.retain(|(k, _)| k != "WATCHDOG_PID");
+            drop.push(b"WATCHDOG_PID");
         }
         if watchdog == WatchdogEnv::Remove {
-            env.retain(|(k, _)| k != "WATCHDOG_USEC");
+            drop.push(b"WATCHDOG_USEC");
         }
         if let Some(identity) = &prepared.identity {
-            let mut set = |k: &str, v: &OsStr| {
-                env.retain(|(key, _)| key != k);
-                env.push((k.into(), v.into()));
-            };
             if let Some(name) = &identity.name {
-                set("USER", OsStr::new(name));
-                set("LOGNAME", OsStr::new(name));
+                set_once(&mut add, b"USER", name.as_bytes());
+                set_once(&mut add, b"LOGNAME", name.as_bytes());
             }
             if let Some(home) = &identity.home {
-                set("HOME", home.as_os_str());
+                set_once(&mut add, b"HOME", home.as_os_str().as_bytes());
             }
         }
-        for (k, v) in &prepared.config.env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.clone(), v.clone()));
-        }
-        if let Some((k, v)) = source_env {
-            env.retain(|(key, _)| key != k);
-            env.push((k.into(), v.into()));
-        }
-        let entries = env
-            .into_iter()
-            .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
-            .filter(|e| !e.contains(&0))
-            .collect();
+        // Validation refused NUL in `-E`; a user name or home with one is dropped, not cut.
+        let entries =
+            add.iter().filter(|(k, v)| !k.contains(&0) && !v.contains(&0)).map(|(k, v)| [*k, b"=", *v].concat());
         let mut pid_vars: Vec<&str> = Vec::new();
         if rewrite_listen_pid {
             pid_vars.push("LISTEN_PID");
@@ -510,7 +509,15 @@ impl Launcher {
         if watchdog == WatchdogEnv::ForProgram && !watchdog_pid_set {
             pid_vars.push("WATCHDOG_PID");
         }
-        Ok(ExecPlan::new(cstring(program.as_os_str().as_bytes()), argv, entries, &pid_vars))
+        let env = sys::Envp::inherit(&drop, entries.collect(), &pid_vars);
+        Ok(ExecPlan::new(cstring(program.as_os_str().as_bytes()), argv, env))
+    }
+}
+
+/// Adds `key=value` to the program's variables unless a setting that wins already named `key`.
+fn set_once<'a>(add: &mut Vec<(&'a [u8], &'a [u8])>, key: &'a [u8], value: &'a [u8]) {
+    if !add.iter().any(|(k, _)| *k == key) {
+        add.push((key, value));
     }
 }
 
@@ -760,7 +767,7 @@ mod tests {
             sys::kill_raw(pid, libc::SIGKILL).unwrap();
         }
         drop(write_end);
-        let prepared = Prepared::new(&DaemonConfig::new(), PidfileMode::Direct).unwrap();
+        let prepared = Prepared::new(DaemonConfig::new().validated().unwrap(), PidfileMode::Direct).unwrap();
         let mut watch = Watch::new(Process::child(pid, None, false).unwrap(), Some(read_end));
         let result = until_ready(&mut watch, true, &prepared, Path::new("/bin/sleep"), |_, _| Ok(()));
         watch.process.terminate(libc::SIGKILL, Duration::ZERO);

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 pub use context::DaemonContext;
 
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, Validated};
 use crate::error::DaemonizeError;
 use crate::process::Process;
 use crate::readiness::Sink;
@@ -72,12 +72,11 @@ pub(crate) enum PidfileMode {
 }
 
 impl Prepared {
-    /// Validates, locks and opens, in that order. A failure leaves nothing behind: not even the
-    /// empty pidfile the lock created.
-    pub(crate) fn new(config: &DaemonConfig, mode: PidfileMode) -> Result<Prepared, DaemonizeError> {
-        let config = config.resolved()?;
+    /// Locks and opens what a validated configuration names, in that order. A failure leaves
+    /// nothing behind: not even the empty pidfile the lock created.
+    pub(crate) fn new(validated: Validated, mode: PidfileMode) -> Result<Prepared, DaemonizeError> {
+        let Validated { config, identity } = validated;
         tracing::debug!(?config, "configuration validated");
-        let identity = ids::resolve(config.user.as_deref(), config.group.as_deref())?;
         ensure_stdio_open()?;
 
         let lockfile = match (&config.lockfile, config.lock) {
@@ -372,7 +371,7 @@ pub(crate) fn daemonize_impl(
     let sink = config.readiness_sink();
     let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
     crate::readiness::sink::validate(sink)?;
-    let prepared = Prepared::new(config, mode)?;
+    let prepared = Prepared::new(config.validated()?, mode)?;
     // The s6 notification fd belongs to the daemon, which writes it when ready.
     let sink_fd: Vec<i32> = match sink {
         Sink::Fd(n) => vec![n],

@@ -250,8 +250,9 @@ impl Guard {
     pub(crate) fn write_pid(&self, pid: u32) -> Result<(), DaemonizeError> {
         let Some(file) = &self.write else { return Ok(()) };
         let line = format!("{pid}\n");
-        file.set_len(0)
-            .and_then(|()| file.write_all_at(line.as_bytes(), 0))
+        // Over what is there, then cut to length: see `sys::setup` for why not truncate first.
+        file.write_all_at(line.as_bytes(), 0)
+            .and_then(|()| file.set_len(line.len() as u64))
             .map_err(|source| DaemonizeError::PidfileError { path: self.path.clone(), source })
     }
 

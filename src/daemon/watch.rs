@@ -339,14 +339,20 @@ impl Watch {
             }
         }
         let source_fd = if self.exec_done() { self.source.as_ref().and_then(Armed::fd) } else { None };
-        let mut fds = Vec::with_capacity(8);
-        let report_at = slot(self.report.as_ref().map(AsFd::as_fd), PollFlags::POLLIN, &mut fds);
-        let source_at = slot(source_fd, PollFlags::POLLIN, &mut fds);
-        let notify_at = slot(self.relay.as_ref().and_then(Relay::host_fd), PollFlags::POLLIN, &mut fds);
-        let upstream_at = slot(self.relay.as_ref().and_then(Relay::upstream_fd), PollFlags::POLLOUT, &mut fds);
-        let check_at = slot(self.watchdog.as_ref().and_then(Watchdog::fd), PollFlags::POLLIN, &mut fds);
-        let signals_at = slot(self.signals.as_ref().map(|s| s.fd.as_fd()), PollFlags::POLLIN, &mut fds);
-        let pidfd_at = slot(self.process.pidfd(), PollFlags::POLLIN, &mut fds);
+        // On the stack, not in a Vec: this runs once per event, a relayed datagram included,
+        // and musl's allocator is slow.
+        let wanted = [
+            (self.report.as_ref().map(AsFd::as_fd), PollFlags::POLLIN),
+            (source_fd, PollFlags::POLLIN),
+            (self.relay.as_ref().and_then(Relay::host_fd), PollFlags::POLLIN),
+            (self.relay.as_ref().and_then(Relay::upstream_fd), PollFlags::POLLOUT),
+            (self.watchdog.as_ref().and_then(Watchdog::fd), PollFlags::POLLIN),
+            (self.signals.as_ref().map(|s| s.fd.as_fd()), PollFlags::POLLIN),
+            (self.process.pidfd(), PollFlags::POLLIN),
+        ];
+        let mut fds = PollSet::new(&wanted);
+        let [report_at, source_at, notify_at, upstream_at, check_at, signals_at, pidfd_at] =
+            wanted.map(|(fd, events)| fds.add(fd, events));
 
         let probe_at = self.next_probe.filter(|_| self.exec_done());
         let check_due = self.watchdog.as_ref().and_then(Watchdog::due);
@@ -357,15 +363,14 @@ impl Watch {
             let soon = Instant::now() + Duration::from_millis(100);
             wake = Some(wake.map_or(soon, |w| w.min(soon)));
         }
-        match poll(&mut fds, timeout_until(wake)) {
+        match poll(fds.as_mut(), timeout_until(wake)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(DaemonizeError::sys("poll", e)),
         }
-        let ready = |i: Option<usize>| i.and_then(|i| fds[i].revents()).is_some_and(|r| !r.is_empty());
+        let ready = |i: Option<usize>| fds.ready(i);
         let (report, source, notify, signals, pidfd) =
             (ready(report_at), ready(source_at), ready(notify_at), ready(signals_at), ready(pidfd_at));
         let (upstream, check) = (ready(upstream_at), ready(check_at));
-        drop(fds);
 
         if report {
             self.read_report()?;
@@ -551,6 +556,46 @@ impl Watch {
     }
 }
 
+/// The fds of one `poll`, at most seven, in a fixed array: no allocation per wait.
+struct PollSet<'a> {
+    /// `None` when there is nothing to poll (then `poll` only waits).
+    fds: Option<[PollFd<'a>; 7]>,
+    len: usize,
+}
+
+impl<'a> PollSet<'a> {
+    /// An empty set; unused slots hold a copy of the first fd of `wanted`, never polled.
+    fn new(wanted: &[(Option<BorrowedFd<'a>>, PollFlags); 7]) -> PollSet<'a> {
+        let fds = wanted
+            .iter()
+            .find_map(|(fd, _)| *fd)
+            .map(|filler| std::array::from_fn(|i| PollFd::new(wanted[i].0.unwrap_or(filler), PollFlags::empty())));
+        PollSet { fds, len: 0 }
+    }
+
+    /// Adds `fd`, if there is one, for `events`; returns its index.
+    fn add(&mut self, fd: Option<BorrowedFd<'a>>, events: PollFlags) -> Option<usize> {
+        let fd = fd?;
+        let slot = self.fds.as_mut()?.get_mut(self.len)?;
+        *slot = PollFd::new(fd, events);
+        self.len += 1;
+        Some(self.len - 1)
+    }
+
+    fn as_mut(&mut self) -> &mut [PollFd<'a>] {
+        match self.fds.as_mut() {
+            Some(fds) => &mut fds[..self.len],
+            None => &mut [],
+        }
+    }
+
+    /// Whether the fd at `index` had an event.
+    fn ready(&self, index: Option<usize>) -> bool {
+        let fd = index.and_then(|i| self.fds.as_ref()?.get(i));
+        fd.and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
+    }
+}
+
 /// Whether `sender` belongs to the program: the program, a descendant, or (resident) an
 /// orphan of its that conjure adopted.
 fn owns(process: &Process, sender: i32) -> bool {
@@ -570,14 +615,6 @@ fn owns(process: &Process, sender: i32) -> bool {
         }
     }
     false
-}
-
-/// Adds `fd` to the poll set for `events`, if there is one; returns its index.
-fn slot<'a>(fd: Option<BorrowedFd<'a>>, events: PollFlags, fds: &mut Vec<PollFd<'a>>) -> Option<usize> {
-    fd.map(|fd| {
-        fds.push(PollFd::new(fd, events));
-        fds.len() - 1
-    })
 }
 
 fn read_error(source: io::Error) -> DaemonizeError {

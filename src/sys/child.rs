@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
+use super::env::Envp;
 use super::signals::reset_signals;
 
 /// Where in the child a step failed; sent to the launcher with the errno.
@@ -51,6 +52,7 @@ impl Stage {
             Exec,
             Fds,
             ProcessGroup,
+            Identity,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -90,39 +92,32 @@ impl Ids {
 #[derive(Debug)]
 pub(crate) struct ExecPlan {
     path: CString,
-    _argv: Vec<CString>,
+    /// Every argument and its NUL, one after the other: one allocation, however many there are.
+    _args: Box<[u8]>,
+    /// Pointers into `_args`, then NULL.
     argv_ptrs: Vec<*const libc::c_char>,
-    env: Vec<Vec<u8>>,
-    envp: Vec<*const libc::c_char>,
-    /// Entries of `env` that end in a pid the child fills in (`LISTEN_PID=`): index and the
-    /// offset where the digits go.
-    pid_slots: Vec<(usize, usize)>,
+    env: Envp,
 }
 
-/// Room for a pid in decimal, and its NUL.
-const PID_ROOM: usize = 12;
-
 impl ExecPlan {
-    /// Builds the argv and envp arrays. `env` entries are `KEY=VALUE` byte strings without NUL;
-    /// `pid_vars` name the variables whose value is the exec'd process's own pid.
-    pub(crate) fn new(path: CString, argv: Vec<CString>, env: Vec<Vec<u8>>, pid_vars: &[&str]) -> Self {
-        let mut env = env;
-        let mut pid_slots = Vec::new();
-        for var in pid_vars {
-            let mut entry = format!("{var}=").into_bytes();
-            let offset = entry.len();
-            entry.resize(offset + PID_ROOM, 0);
-            pid_slots.push((env.len(), offset));
-            env.push(entry);
+    /// Builds the argv array from `argv` (without NUL bytes, which validation refused); `env`
+    /// is the environment, built by [`Envp::inherit`].
+    pub(crate) fn new<'a>(path: CString, argv: impl Iterator<Item = &'a [u8]> + Clone, env: Envp) -> Self {
+        let len = argv.clone().map(|a| a.len() + 1).sum();
+        let mut args = Vec::with_capacity(len);
+        let mut starts = Vec::new();
+        for arg in argv {
+            starts.push(args.len());
+            // A NUL inside (validation refuses them) would only cut that argument short.
+            args.extend_from_slice(arg);
+            args.push(0);
         }
-        for entry in &mut env {
-            if entry.last() != Some(&0) {
-                entry.push(0);
-            }
-        }
-        let argv_ptrs = argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-        let envp = env.iter().map(|e| e.as_ptr().cast()).chain(std::iter::once(std::ptr::null())).collect();
-        ExecPlan { path, _argv: argv, argv_ptrs, env, envp, pid_slots }
+        let args = args.into_boxed_slice();
+        let base: *const libc::c_char = args.as_ptr().cast();
+        // `wrapping_add` stays inside `args` (every start is below its length).
+        let argv_ptrs =
+            starts.iter().map(|&at| base.wrapping_add(at)).chain(std::iter::once(std::ptr::null())).collect();
+        ExecPlan { path, _args: args, argv_ptrs, env }
     }
 }
 
@@ -458,13 +453,19 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         let mut line = [0u8; 12];
         line[..n].copy_from_slice(&buf[..n]);
         line[n] = b'\n';
-        // SAFETY: ftruncate and pwrite on an fd we hold, with a valid buffer.
-        check(unsafe { libc::ftruncate(plan.pidfile, 0) }, Stage::Pidfile)?;
-        // SAFETY: as above.
+        // Written over what is there, then cut to its length: on ext4 a truncation to zero of
+        // a file written moments ago waits for that data to reach the disk (hundreds of µs, at
+        // every restart), where cutting to the length just written changes nothing unless the
+        // old pid was longer. A reader sees the old pid, the new one, or the new one followed
+        // by the tail of the old for an instant (it holds no lock; conjure's readers ask the
+        // lock first), as it saw an empty file before.
+        // SAFETY: pwrite and ftruncate on an fd we hold, with a valid buffer.
         let w = unsafe { libc::pwrite(plan.pidfile, line.as_ptr().cast(), n + 1, 0) };
         if w != (n + 1) as isize {
             return Err(fail(Stage::Pidfile));
         }
+        // SAFETY: as above.
+        check(unsafe { libc::ftruncate(plan.pidfile, (n + 1) as libc::off_t) }, Stage::Pidfile)?;
     }
     for &(from, to) in &plan.moves {
         if from == to {
@@ -535,17 +536,11 @@ pub(crate) unsafe fn exec(plan: &mut ExecPlan) -> Failure {
     let pid = unsafe { libc::getpid() };
     let mut digits = [0u8; 11];
     let n = decimal(pid as u32, &mut digits);
-    for &(index, offset) in &plan.pid_slots {
-        if let Some(entry) = plan.env.get_mut(index) {
-            if let Some(slot) = entry.get_mut(offset..offset + n + 1) {
-                slot[..n].copy_from_slice(&digits[..n]);
-                slot[n] = 0;
-            }
-        }
-    }
+    plan.env.fill_pid(digits.get(..n).unwrap_or(&[]));
     // SAFETY: path, argv and envp are NUL-terminated strings in NULL-terminated arrays that
-    // live as long as `plan`; execve only returns on failure.
-    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp.as_ptr()) };
+    // live as long as `plan` (the inherited environment entries: see `env.rs`); execve only
+    // returns on failure.
+    unsafe { libc::execve(plan.path.as_ptr(), plan.argv_ptrs.as_ptr(), plan.env.as_ptr()) };
     fail(Stage::Exec)
 }
 #[cfg(test)]
@@ -571,6 +566,8 @@ mod tests {
             }
         }
         assert_eq!(Stage::from_u8(11), Some(Stage::Exec));
+        // Every stage the child can report comes back from its byte.
+        assert_eq!((1..=255u8).filter_map(Stage::from_u8).count(), Stage::Identity as usize);
         assert_eq!(Stage::from_u8(0), None);
     }
 }

@@ -25,6 +25,7 @@ use crate::error::DaemonizeError;
 
 mod child;
 mod creds;
+mod env;
 mod fds;
 mod pids;
 mod signals;
@@ -33,6 +34,7 @@ mod sockets;
 pub(crate) use child::{ChildPlan, EXEC_TAG, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage};
 use child::{exec, fail, report_exec, report_failure, setup};
 pub(crate) use creds::with_fs_identity;
+pub(crate) use env::Envp;
 pub(crate) use fds::*;
 pub(crate) use pids::*;
 pub(crate) use signals::*;
@@ -113,10 +115,12 @@ fn exit_now(code: i32) -> ! {
 
 /// In the first child of a double fork: `setsid`, fork again, and let the intermediate process
 /// exit, so that the grandchild is no session leader and is reparented. Returns only in the
-/// grandchild; failures are reported on the pipe. Async-signal-safe.
-fn second_fork(plan: &ChildPlan) {
+/// grandchild, with the intermediate's pid (the session id `setsid` returned, so it costs no
+/// syscall) for [`await_reparent`]; failures are reported on the pipe. Async-signal-safe.
+fn second_fork(plan: &ChildPlan) -> libc::pid_t {
     // SAFETY: setsid has no preconditions.
-    if unsafe { libc::setsid() } == -1 {
+    let intermediate = unsafe { libc::setsid() };
+    if intermediate == -1 {
         report_failure(plan.report, fail(Stage::Setsid));
         exit_now(1);
     }
@@ -128,7 +132,54 @@ fn second_fork(plan: &ChildPlan) {
             exit_now(1);
         }
         Ok(Fork::Parent(_)) => exit_now(0),
-        Ok(Fork::Child) => {}
+        Ok(Fork::Child) => intermediate,
+    }
+}
+
+/// How long, at most, the grandchild waits for the intermediate process to be gone, in ms. It
+/// does nothing but `_exit(0)`; only a stopped or starved intermediate takes longer, and then
+/// the program starts anyway rather than hang.
+const REPARENT_PATIENCE_MS: libc::c_int = 1000;
+
+/// In the grandchild of a double fork, just before it execs (or returns, in the library):
+/// waits until the intermediate process has exited, so that the program never sees it as its
+/// parent. Without this, a program that reads `getppid()` at once sometimes (a few in a
+/// thousand launches) sees the intermediate, which has not finished exiting.
+///
+/// Usually the intermediate is long gone by then, and this is one `getppid`. Otherwise the
+/// grandchild waits on a pidfd of its parent, which becomes readable only once the parent has
+/// exited, after the kernel handed its children to their new parent; bounded by
+/// [`REPARENT_PATIENCE_MS`]. Without pidfds (Linux before 5.3) it looks again every
+/// millisecond, as long. Async-signal-safe; allocates nothing.
+fn await_reparent(intermediate: libc::pid_t) {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = || unsafe { libc::getppid() };
+    if parent() != intermediate {
+        return;
+    }
+    // SAFETY: pidfd_open takes a pid and flags; the fd it returns (close-on-exec) is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, intermediate, 0) } as libc::c_int;
+    if fd >= 0 {
+        // Between the two getppid calls the intermediate may have exited, been reaped and its
+        // pid reused: then the fd names a stranger, but the parent is no longer `intermediate`
+        // and nothing waits. While the parent is still `intermediate`, it has not yet handed
+        // its children over, so it is not reaped and the fd is its own.
+        if parent() == intermediate {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd, as the count says.
+            let _ = unsafe { libc::poll(&mut pfd, 1, REPARENT_PATIENCE_MS) };
+        }
+        // SAFETY: our own fd, closed once.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+    for _ in 0..REPARENT_PATIENCE_MS {
+        // SAFETY: a valid timespec; no remainder wanted.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+        if parent() != intermediate {
+            return;
+        }
     }
 }
 
@@ -166,10 +217,11 @@ pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, 
             Ok(Spawned { child })
         }
         Fork::Child => {
-            if double_fork {
-                second_fork(plan);
-            }
+            let intermediate = if double_fork { Some(second_fork(plan)) } else { None };
             set_up_or_die(plan);
+            if let Some(intermediate) = intermediate {
+                await_reparent(intermediate);
+            }
             report_exec(plan.report);
             let failure = match plan.exec.as_mut() {
                 // SAFETY: in the child, on its own copy of the plan.
@@ -204,8 +256,9 @@ pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Res
             Ok(Side::Launcher { child })
         }
         Fork::Child => {
-            second_fork(plan);
+            let intermediate = second_fork(plan);
             set_up_or_die(plan);
+            await_reparent(intermediate);
             // The guard's saved mask is the launcher's; setup already cleared the daemon's.
             guard.forget();
             Ok(Side::Daemon)

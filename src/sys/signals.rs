@@ -12,7 +12,17 @@ use nix::sys::signal::SigSet;
 /// With `keep_sigpipe_ignored` (the library's daemon, which goes on running Rust code), SIGPIPE
 /// is ignored instead, as Rust programs start: a write to a closed socket returns EPIPE rather
 /// than killing the daemon without a word.
+///
+/// Before an exec (`keep_sigpipe_ignored == false`) each reset is one raw `rt_sigaction`
+/// where the kernel's layout is known: the C library's wrapper adds work per signal (musl
+/// blocks and restores every signal around SIGABRT's, and refuses its reserved ones), which
+/// made the reset the child's costliest step. The library's daemon keeps the C library's
+/// view: it goes on running on it, and its reserved signals' handlers stay its own.
 pub(super) fn reset_signals(sigmax: libc::c_int, keep_sigpipe_ignored: bool) {
+    if !keep_sigpipe_ignored && reset_raw(sigmax) {
+        clear_mask();
+        return;
+    }
     // SAFETY: an all-zero sigaction is a valid value: SIG_DFL handler, empty mask, no flags.
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
@@ -34,11 +44,48 @@ pub(super) fn reset_signals(sigmax: libc::c_int, keep_sigpipe_ignored: bool) {
             libc::sigaction(libc::SIGPIPE, &ign, std::ptr::null_mut());
         }
     }
+    clear_mask();
+}
+
+/// Clears the calling thread's signal mask.
+fn clear_mask() {
     // SAFETY: an empty set, then sigprocmask with a valid pointer and no old set.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// Sets every signal from 1 to `sigmax` (but KILL and STOP) to SIG_DFL with one raw
+/// `rt_sigaction` each, the C library's reserved ones included (the process is about to exec,
+/// which would reset their handlers anyway). `false` where the kernel's layout is not known
+/// here: then nothing was done. Async-signal-safe.
+fn reset_raw(sigmax: libc::c_int) -> bool {
+    for sig in 1..=sigmax {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // An error (none is expected) leaves that signal as it was.
+        if raw_sigaction(sig, Some(libc::SIG_DFL), None).is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Resets a signal the C library reserves for itself (glibc: 32 and 33) from SIG_IGN to
+/// SIG_DFL, through the raw system call, since `sigaction(3)` refuses them.
+///
+/// glibc's `posix_spawn` sets them to SIG_IGN in the child when the parent is multi-threaded;
+/// a launcher started that way (by a Rust `Command`, for one) would otherwise hand them on to
+/// the program ignored. A reserved signal with a handler belongs to the C library and is left
+/// alone, so the library's own daemon, which keeps running on the same C library, is not
+/// disturbed. Async-signal-safe: two raw syscalls on stack values.
+fn unignore_reserved(sig: libc::c_int) {
+    let mut old = 0;
+    if raw_sigaction(sig, None, Some(&mut old)) == Some(0) && old == libc::SIG_IGN {
+        raw_sigaction(sig, Some(libc::SIG_DFL), None);
     }
 }
 
@@ -59,15 +106,11 @@ struct KernelSigaction {
     mask: u64,
 }
 
-/// Resets a signal the C library reserves for itself (glibc: 32 and 33) from SIG_IGN to
-/// SIG_DFL, through the raw system call, since `sigaction(3)` refuses them.
-///
-/// glibc's `posix_spawn` sets them to SIG_IGN in the child when the parent is multi-threaded;
-/// a launcher started that way (by a Rust `Command`, for one) would otherwise hand them on to
-/// the program ignored. A reserved signal with a handler belongs to the C library and is left
-/// alone, so the library's own daemon, which keeps running on the same C library, is not
-/// disturbed. Async-signal-safe: two raw syscalls on stack values.
-fn unignore_reserved(sig: libc::c_int) {
+/// `rt_sigaction(2)` itself, past the C library: sets the handler of `sig` to `handler` (no
+/// flags, empty mask) if given, and reads the old one into `old` if asked. The syscall's
+/// result, or `None` where the kernel's layout is not known here (nothing was done).
+/// Async-signal-safe.
+fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Option<&mut usize>) -> Option<i64> {
     #[cfg(any(
         target_arch = "x86_64",
         target_arch = "x86",
@@ -78,18 +121,17 @@ fn unignore_reserved(sig: libc::c_int) {
     ))]
     {
         const SIGSET_SIZE: usize = 8;
-        let mut old = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-        // SAFETY: rt_sigaction with no new action and a valid out-pointer of the kernel's layout.
-        let r = unsafe {
-            libc::syscall(libc::SYS_rt_sigaction, sig, std::ptr::null::<KernelSigaction>(), &mut old, SIGSET_SIZE)
-        };
-        if r == 0 && old.handler == libc::SIG_IGN {
-            let dfl = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-            // SAFETY: rt_sigaction with a valid SIG_DFL action of the kernel's layout.
-            unsafe {
-                libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KernelSigaction>(), SIGSET_SIZE)
-            };
+        let new = handler.map(|handler| KernelSigaction { handler, flags: 0, restorer: 0, mask: 0 });
+        let mut was = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        let new_ptr = new.as_ref().map_or(std::ptr::null(), |n| n as *const KernelSigaction);
+        let old_ptr = if old.is_some() { &mut was as *mut KernelSigaction } else { std::ptr::null_mut() };
+        // SAFETY: rt_sigaction with pointers that are null or to valid values of the kernel's
+        // layout, which live across the call.
+        let r = unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, new_ptr, old_ptr, SIGSET_SIZE) };
+        if let Some(old) = old {
+            *old = was.handler;
         }
+        Some(r as i64)
     }
     #[cfg(not(any(
         target_arch = "x86_64",
@@ -99,8 +141,12 @@ fn unignore_reserved(sig: libc::c_int) {
         target_arch = "riscv64",
         target_arch = "loongarch64"
     )))]
-    let _ = sig;
+    {
+        let _ = (sig, handler, old);
+        None
+    }
 }
+
 /// A signal mask of the calling thread that is put back when dropped.
 ///
 /// nix's `pthread_sigmask` reports success whatever happens (the call returns an error number,
