@@ -283,13 +283,10 @@ impl DaemonConfig {
         let logs = [("stdout", &c.stdout), ("stderr", &c.stderr)];
         for (dn, dp) in data {
             for (ln, lp) in logs {
-                if let (Some(d), Some(l)) = (dp, lp) {
-                    if same_file(d, l) {
-                        return Err(DaemonizeError::invalid(format!(
-                            "the {dn} and {ln} cannot both be `{}`",
-                            d.display()
-                        )));
-                    }
+                if let (Some(d), Some(l)) = (dp, lp)
+                    && same_file(d, l)
+                {
+                    return Err(DaemonizeError::invalid(format!("the {dn} and {ln} cannot both be `{}`", d.display())));
                 }
             }
         }
@@ -301,15 +298,15 @@ impl DaemonConfig {
                 Err(e) => Some(e),
             }
         };
-        if let Some(p) = &c.pidfile {
-            if let Some(source) = parent_missing(p) {
-                return Err(DaemonizeError::PidfileError { path: p.clone(), source });
-            }
+        if let Some(p) = &c.pidfile
+            && let Some(source) = parent_missing(p)
+        {
+            return Err(DaemonizeError::PidfileError { path: p.clone(), source });
         }
-        if let Some(p) = &c.lockfile {
-            if let Some(source) = parent_missing(p) {
-                return Err(DaemonizeError::LockfileError { path: p.clone(), source });
-            }
+        if let Some(p) = &c.lockfile
+            && let Some(source) = parent_missing(p)
+        {
+            return Err(DaemonizeError::LockfileError { path: p.clone(), source });
         }
         for p in [&c.stdout, &c.stderr].into_iter().flatten() {
             if let Some(source) = parent_missing(p) {

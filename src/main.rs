@@ -119,10 +119,10 @@ fn subcommand_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
 /// the interrupting signal instead (PID 1, which cannot, exits 128+N).
 fn report(journal: bool, err: &DaemonizeError) -> i32 {
     log::line(journal, Level::ERROR, format_args!("conjure: {err}"));
-    if let Some(signal) = err.signal() {
-        if std::process::id() != 1 {
-            let _ = conjure::process::die_of(signal);
-        }
+    if let Some(signal) = err.signal()
+        && std::process::id() != 1
+    {
+        let _ = conjure::process::die_of(signal);
     }
     err.exit_code().into()
 }

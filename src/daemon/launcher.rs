@@ -270,10 +270,10 @@ impl Launcher {
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
             return Err(DaemonizeError::invalid("the pidfile readiness sink needs a pidfile (-p)"));
         }
-        if let Source::Fd(n) = self.source {
-            if self.config.keep_fds.contains(&n) || listen_fds().contains(&n) {
-                return Err(DaemonizeError::invalid(format!("readiness fd {n} is already an fd the program keeps")));
-            }
+        if let Source::Fd(n) = self.source
+            && (self.config.keep_fds.contains(&n) || listen_fds().contains(&n))
+        {
+            return Err(DaemonizeError::invalid(format!("readiness fd {n} is already an fd the program keeps")));
         }
         let resident = stays || (foreground && matches!(sink, Sink::Fd(_) | Sink::Pidfile));
         if resident && !foreground {
@@ -357,13 +357,13 @@ impl Launcher {
         // The pidfile sink does not keep the caller waiting for a source to say ready: a
         // detached copy waits and publishes. The exec is quick, and is waited for here, so
         // that the pidfile is published by the process the caller started (see NOTES.md).
-        if sink == Sink::Pidfile && self.source.needs_watch() {
-            if let Some(watcher) = sys::detach()
+        if sink == Sink::Pidfile
+            && self.source.needs_watch()
+            && let Some(watcher) = sys::detach()
                 .map_err(|source| prepared.abandon(DaemonizeError::SystemError { call: "fork", source }))?
-            {
-                tracing::debug!(watcher, "detached; the watcher publishes the pidfile when ready");
-                return Ok(Outcome::Detached { watcher });
-            }
+        {
+            tracing::debug!(watcher, "detached; the watcher publishes the pidfile when ready");
+            return Ok(Outcome::Detached { watcher });
         }
         self.background(&mut prepared, plan, armed, relay, sink, &program)
     }

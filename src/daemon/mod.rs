@@ -87,10 +87,10 @@ impl Prepared {
         };
         let pidfile = match &config.pidfile {
             Some(path) if mode == PidfileMode::Atomic => {
-                if let Ok(Some(found)) = pidfile::inspect(path) {
-                    if found.locked {
-                        return Err(DaemonizeError::LockConflict { path: path.clone(), pid: found.pid });
-                    }
+                if let Ok(Some(found)) = pidfile::inspect(path)
+                    && found.locked
+                {
+                    return Err(DaemonizeError::LockConflict { path: path.clone(), pid: found.pid });
                 }
                 // An unpublished instance holds the temporary file's lock: the conflict is
                 // about the pidfile, whatever the file's name.

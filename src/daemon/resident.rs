@@ -116,8 +116,13 @@ impl Resident<'_> {
         if let Some(relay) = relay {
             watch.relay(relay);
         }
-        let mut forwarder =
-            Forwarder { signal_group: signal_group || terminal.is_some(), rewrite, terminal, job_control };
+        let mut forwarder = Forwarder {
+            signal_group: signal_group || terminal.is_some(),
+            rewrite,
+            terminal,
+            job_control,
+            forwarded: false,
+        };
 
         let started = until_ready(&mut watch, exec_source, prepared, program, |watch, event| {
             forwarder.other(watch, event);
@@ -137,10 +142,20 @@ impl Resident<'_> {
                 sink::ready(sink, None, watch.status())
             }
         });
-        if let Err(e) = started {
-            forwarder.release_terminal();
-            return Err(abort(&mut watch.process, prepared, kill_after, e));
-        }
+        let stopped_before_ready = match started {
+            Ok(()) => None,
+            // A stop request conjure passed on ended the program before it was ready (`docker
+            // stop`, `systemctl stop` during a slow start): conjure ends the way the program
+            // did, as the program alone would have, not with "failed to start".
+            Err(DaemonizeError::NotReady(_)) if forwarder.forwarded => match watch.process.state(false) {
+                crate::process::State::Ended(status) => Some(status),
+                _ => None,
+            },
+            Err(e) => {
+                forwarder.release_terminal();
+                return Err(abort(&mut watch.process, prepared, kill_after, e));
+            }
+        };
         let check = watchdog.map(|w| {
             tracing::debug!(check = w.label(), interval = ?w.interval(), pings = w.pings(), "watchdog started");
             let label = w.label().to_string();
@@ -148,24 +163,28 @@ impl Resident<'_> {
             label
         });
 
-        let status = loop {
-            let failed = match watch.next() {
-                Ok(Event::Ended(status)) => break status,
-                Ok(Event::Unhealthy(failed_for)) => DaemonizeError::Unhealthy(format!(
-                    "`{}` failed its watchdog check {} for {}; stopped it{}",
-                    name(program),
-                    check.as_deref().unwrap_or_default(),
-                    crate::duration::format(failed_for),
-                    said(&watch)
-                )),
-                Ok(event) => {
-                    forwarder.other(&mut watch, event);
-                    continue;
-                }
-                Err(e) => e,
-            };
-            forwarder.release_terminal();
-            return Err(abort(&mut watch.process, prepared, kill_after, failed));
+        let status = if let Some(status) = stopped_before_ready {
+            status
+        } else {
+            loop {
+                let failed = match watch.next() {
+                    Ok(Event::Ended(status)) => break status,
+                    Ok(Event::Unhealthy(failed_for)) => DaemonizeError::Unhealthy(format!(
+                        "`{}` failed its watchdog check {} for {}; stopped it{}",
+                        name(program),
+                        check.as_deref().unwrap_or_default(),
+                        crate::duration::format(failed_for),
+                        said(&watch)
+                    )),
+                    Ok(event) => {
+                        forwarder.other(&mut watch, event);
+                        continue;
+                    }
+                    Err(e) => e,
+                };
+                forwarder.release_terminal();
+                return Err(abort(&mut watch.process, prepared, kill_after, failed));
+            }
         };
         tracing::debug!(pid, ?status, "program ended");
         // What the program said last must not be lost with it.
@@ -196,6 +215,8 @@ struct Forwarder<'a> {
     terminal: Option<Terminal>,
     /// Stop with the program, and resume with it (a terminal, and a shell above conjure).
     job_control: bool,
+    /// Whether a signal was passed on to the program (what ends it then is the sender's doing).
+    forwarded: bool,
 }
 
 impl Forwarder<'_> {
@@ -218,8 +239,9 @@ impl Forwarder<'_> {
         }
         tracing::debug!(received = r.signo, signal, pid = watch.process.pid(), "forwarding");
         let sent = if self.signal_group { watch.process.signal_group(signal) } else { watch.process.signal(signal) };
-        if let Err(e) = sent {
-            tracing::debug!(signal, error = %e, "cannot forward");
+        match sent {
+            Ok(()) => self.forwarded = true,
+            Err(e) => tracing::debug!(signal, error = %e, "cannot forward"),
         }
         if self.job_control && matches!(r.signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
             self.stop_with_the_program();
@@ -278,10 +300,10 @@ impl Terminal {
 
     /// Makes `group` the foreground group, if conjure's own group is in front now.
     fn give_if_ours(&self, group: Option<i32>) {
-        if let Some(g) = group {
-            if nix::unistd::tcgetpgrp(self.fd.as_fd()).ok() == Some(self.own) {
-                let _ = nix::unistd::tcsetpgrp(self.fd.as_fd(), Pid::from_raw(g));
-            }
+        if let Some(g) = group
+            && nix::unistd::tcgetpgrp(self.fd.as_fd()).ok() == Some(self.own)
+        {
+            let _ = nix::unistd::tcsetpgrp(self.fd.as_fd(), Pid::from_raw(g));
         }
     }
 

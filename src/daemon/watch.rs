@@ -384,10 +384,8 @@ impl Watch {
         if notify {
             self.read_notify();
         }
-        if upstream {
-            if let Some(relay) = self.relay.as_mut() {
-                relay.flush();
-            }
+        if upstream && let Some(relay) = self.relay.as_mut() {
+            relay.flush();
         }
         if check || check_due.is_some_and(|t| Instant::now() >= t) {
             self.run_watchdog();
@@ -434,10 +432,10 @@ impl Watch {
         let Some(watchdog) = self.watchdog.as_mut() else { return };
         match watchdog.poll(&self.process) {
             Some(Verdict::Passed) if watchdog.pings() => {
-                if let Some(relay) = self.relay.as_mut() {
-                    if let Err(e) = relay.tell(&[sd_notify::NotifyState::Watchdog]) {
-                        tracing::debug!(error = %e, "cannot send WATCHDOG=1");
-                    }
+                if let Some(relay) = self.relay.as_mut()
+                    && let Err(e) = relay.tell(&[sd_notify::NotifyState::Watchdog])
+                {
+                    tracing::debug!(error = %e, "cannot send WATCHDOG=1");
                 }
             }
             Some(Verdict::Expired(failed_for)) => self.queue.push_back(Event::Unhealthy(failed_for)),
@@ -497,17 +495,17 @@ impl Watch {
         let waits_for_ready = self.notify_source && self.source.is_some();
         let heard = relay.receive(|sender| owns(process, sender), waits_for_ready);
         let relays = relay.relays();
-        if let Some(usec) = heard.extend {
-            if let Some(deadline) = self.deadline {
-                let new = Instant::now().checked_add(usec);
-                self.deadline = new.map(|n| n.max(deadline));
-                self.timeout = self.timeout.map(|t| t.max(usec));
-            }
+        if let Some(usec) = heard.extend
+            && let Some(deadline) = self.deadline
+        {
+            let new = Instant::now().checked_add(usec);
+            self.deadline = new.map(|n| n.max(deadline));
+            self.timeout = self.timeout.map(|t| t.max(usec));
         }
-        if let (Some(usec), Some(watchdog)) = (heard.watchdog_usec, self.watchdog.as_mut()) {
-            if relays {
-                watchdog.set_supervisor(usec);
-            }
+        if let (Some(usec), Some(watchdog)) = (heard.watchdog_usec, self.watchdog.as_mut())
+            && relays
+        {
+            watchdog.set_supervisor(usec);
         }
         if heard.ready && self.notify_source && self.source.is_some() {
             if self.exec_done() {

@@ -20,11 +20,14 @@
 //! the next datagram is read: conjure's fd count does not grow, whatever anyone sends.
 //!
 //! Sending never blocks the event loop: one socket connected to the supervisor, non-blocking,
-//! and a bounded queue that the loop flushes when the socket is writable. A supervisor that
-//! stops reading costs at most [`MAX_QUEUED`] messages and [`MAX_QUEUED_FDS`] fds; past that
-//! the oldest status lines go first, then other droppable messages, never `READY`, `STOPPING`,
-//! `RELOADING` or `WATCHDOG` while a droppable one is queued (repeats of a queued one collapse
-//! into it). The receive side allocates nothing per datagram: one buffer, one control buffer,
+//! and a bounded queue that the loop flushes when the socket is writable. While that queue is
+//! nearly full the loop stops reading the program's socket, so the program's messages wait in
+//! the kernel, and a program that outpaces its supervisor is slowed down as it would be without
+//! conjure, losing nothing; signals are still forwarded meanwhile. conjure's own messages keep
+//! [`RESERVED`] places; a supervisor that stops reading altogether costs at most [`MAX_QUEUED`]
+//! messages and [`MAX_QUEUED_FDS`] fds, and past that the oldest status lines go first, then
+//! other droppable messages, never `READY`, `STOPPING`, `RELOADING` or `WATCHDOG` while a
+//! droppable one is queued (repeats of a queued one collapse into it). The receive side allocates nothing per datagram: one buffer, one control buffer,
 //! one buffer for the rewritten message.
 //!
 //! The other direction is the program's environment: [`watchdog_env`] says what becomes of
@@ -51,6 +54,9 @@ use crate::sys::{self, Ancillary};
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Messages waiting for a supervisor that does not read.
 pub(crate) const MAX_QUEUED: usize = 64;
+/// Of those, the places kept for conjure's own messages (`READY=1`, `WATCHDOG=1`): the
+/// program's wait in the hosted socket once the rest is taken.
+const RESERVED: usize = 8;
 /// Fds waiting with them.
 pub(crate) const MAX_QUEUED_FDS: usize = 512;
 /// Datagrams read in one go before the event loop looks at everything else again.
@@ -163,9 +169,18 @@ impl Relay {
         }
     }
 
-    /// The hosted socket, to poll for input.
+    /// The hosted socket, to poll for input: only while the supervisor keeps up. When it does
+    /// not, what the program sends waits in the hosted socket instead, and a program that
+    /// sends faster than the supervisor reads is slowed down exactly as it would be sending
+    /// to the supervisor itself: nothing is dropped on its way.
     pub(crate) fn host_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.host.as_ref().map(AsFd::as_fd)
+        self.host.as_ref().filter(|_| self.accepts()).map(AsFd::as_fd)
+    }
+
+    /// Whether the program's messages are read now: the supervisor's queue has room for them,
+    /// and for conjure's own ([`RESERVED`] are kept for those).
+    fn accepts(&self) -> bool {
+        self.upstream.as_ref().is_none_or(Upstream::has_room)
     }
 
     /// The supervisor's socket, to poll for room, while messages wait.
@@ -198,6 +213,9 @@ impl Relay {
         let Relay { host, upstream, ready_sent, buf, out, ancillary, fds, status, errno } = self;
         let Some(host) = host.as_ref() else { return heard };
         for _ in 0..BATCH {
+            if upstream.as_ref().is_some_and(|u| !u.has_room()) {
+                break;
+            }
             fds.clear();
             let d = match sys::recv_with_fds(host.as_fd(), buf, ancillary, fds) {
                 Ok(Some(d)) => d,
@@ -223,10 +241,10 @@ impl Relay {
             let held_ready = heard.ready && !*ready_sent;
             if let Some(up) = upstream.as_mut() {
                 let message: &[u8] = if rewritten { out } else { bytes };
-                if !message.split(|b| *b == b'\n').all(<[u8]>::is_empty) {
-                    if let Err(e) = up.send(message, fds) {
-                        tracing::debug!(error = %e, "cannot relay a notify message");
-                    }
+                if !message.split(|b| *b == b'\n').all(<[u8]>::is_empty)
+                    && let Err(e) = up.send(message, fds)
+                {
+                    tracing::debug!(error = %e, "cannot relay a notify message");
                 }
             }
             if held_ready && pause_on_ready {
@@ -259,10 +277,10 @@ impl Relay {
     /// Sends what waits, for at most until `deadline` (the program ended: what it said last
     /// must not be lost, but conjure must not hang on a supervisor that does not read).
     pub(crate) fn finish(&mut self, deadline: Option<Instant>) {
-        if let Some(up) = self.upstream.as_mut() {
-            if let Err(e) = up.flush_within(deadline) {
-                tracing::debug!(error = %e, left = up.queue.len(), "notify messages not delivered");
-            }
+        if let Some(up) = self.upstream.as_mut()
+            && let Err(e) = up.flush_within(deadline)
+        {
+            tracing::debug!(error = %e, left = up.queue.len(), "notify messages not delivered");
         }
     }
 }
@@ -385,6 +403,12 @@ impl Upstream {
 
     fn pending(&self) -> bool {
         !self.queue.is_empty()
+    }
+
+    /// Whether a program's message (with up to the kernel's most fds) still fits without
+    /// taking a place kept for conjure's own.
+    fn has_room(&self) -> bool {
+        self.queue.len() < MAX_QUEUED - RESERVED && self.queued_fds + sys::MAX_FDS <= MAX_QUEUED_FDS
     }
 
     fn fd(&self) -> Option<BorrowedFd<'_>> {

@@ -167,14 +167,14 @@ impl Armed {
                 }
             }
             Armed::Cmd { command, backoff, running } => {
-                if let Some((child, _)) = running.as_mut() {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        *running = None;
-                        if status.success() {
-                            return Ok(Probe::Ready);
-                        }
-                        tracing::debug!(%status, "readiness command not yet successful");
+                if let Some((child, _)) = running.as_mut()
+                    && let Ok(Some(status)) = child.try_wait()
+                {
+                    *running = None;
+                    if status.success() {
+                        return Ok(Probe::Ready);
                     }
+                    tracing::debug!(%status, "readiness command not yet successful");
                 }
                 if running.is_none() {
                     let child = probe::spawn_check(command).map_err(|source| DaemonizeError::SystemError {
@@ -235,10 +235,10 @@ impl Armed {
 
     /// Stops a `cmd:` check still running; the source is done.
     pub(crate) fn disarm(&mut self) {
-        if let Armed::Cmd { running, .. } = self {
-            if let Some((child, _)) = running.take() {
-                probe::stop_check(child);
-            }
+        if let Armed::Cmd { running, .. } = self
+            && let Some((child, _)) = running.take()
+        {
+            probe::stop_check(child);
         }
     }
 }

@@ -161,14 +161,14 @@ impl Watchdog {
     pub(crate) fn poll(&mut self, tree: &Process) -> Option<Verdict> {
         let now = Instant::now();
         let mut passed = None;
-        if let Some((child, _)) = self.running.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.running = None;
-                if !status.success() {
-                    tracing::debug!(%status, check = %self.label, "watchdog check failed");
-                }
-                passed = Some(status.success());
+        if let Some((child, _)) = self.running.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.running = None;
+            if !status.success() {
+                tracing::debug!(%status, check = %self.label, "watchdog check failed");
             }
+            passed = Some(status.success());
         }
         if self.next.is_some_and(|n| now >= n) {
             self.next = now.checked_add(self.interval);

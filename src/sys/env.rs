@@ -89,11 +89,11 @@ impl Envp {
     /// own copy of the plan.
     pub(super) fn fill_pid(&mut self, digits: &[u8]) {
         for &(index, offset) in &self.pid_slots {
-            if let Some(slot) = self.own.get_mut(index).and_then(|e| e.get_mut(offset..offset + digits.len() + 1)) {
-                if let Some((nul, head)) = slot.split_last_mut() {
-                    head.copy_from_slice(digits);
-                    *nul = 0;
-                }
+            if let Some(slot) = self.own.get_mut(index).and_then(|e| e.get_mut(offset..offset + digits.len() + 1))
+                && let Some((nul, head)) = slot.split_last_mut()
+            {
+                head.copy_from_slice(digits);
+                *nul = 0;
             }
         }
     }
