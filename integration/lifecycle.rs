@@ -329,3 +329,30 @@ fn a_double_forked_program_never_sees_the_intermediate_process_as_its_parent() {
     assert!(early.is_empty(), "{} of {LAUNCHES} programs saw the intermediate as their parent: {early:?}", early.len());
     s.wait_no_process_left();
 }
+
+#[test]
+fn a_supervisor_that_cannot_be_told_stops_the_program_and_removes_the_pidfile() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut c = TestCommand::conjure(argv![
+        "-f",
+        "-p",
+        &pidfile,
+        "--ready-on",
+        format!("tcp:127.0.0.1:{port}"),
+        "--",
+        example_bin("readyprog"),
+        "--marker",
+        s.join("marker"),
+        "listen-tcp",
+        &port
+    ]);
+    c.env("NOTIFY_SOCKET", s.join("no-such-socket"));
+    let out = c.run();
+    out.assert_code(71);
+    assert!(out.one_line_of_stderr().contains("NOTIFY_SOCKET"), "{out}");
+    assert!(s.join("marker").exists(), "the program never got to be ready: the test proves nothing");
+    assert!(!pidfile.exists(), "pidfile left behind");
+    s.wait_no_process_left();
+}
