@@ -394,8 +394,9 @@ mod tests {
         assert!(holds(std::process::id() as i32, &inodes).unwrap());
         assert_eq!(t.owner(None), Owner::Program, "conjure's own listener is handed to the program");
         drop(l);
-        assert!(t.listeners().is_empty());
-        assert_eq!(t.owner(None), Owner::Nobody);
+        // Another test of this process may listen on the freed port at once: only this
+        // listener's own socket must be gone.
+        assert!(!t.listeners().contains(&inodes[0]), "a closed listener is still found");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");

@@ -622,13 +622,20 @@ mod tests {
         let mut up = Upstream::new(path.into_os_string());
         let open = || std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
         let before = open();
+        let mut capped = false;
         for _ in 0..40 {
             let mut fds: Vec<OwnedFd> = (0..100).map(|_| std::fs::File::open("/dev/null").unwrap().into()).collect();
-            up.send(b"FDSTORE=1", &mut fds).unwrap();
+            match up.send(b"FDSTORE=1", &mut fds) {
+                Ok(()) => {}
+                // Without CAP_SYS_RESOURCE the kernel caps the fds a user has in flight: the
+                // message is lost, and its fds are closed all the same.
+                Err(e) if e.raw_os_error() == Some(libc::ETOOMANYREFS) => capped = true,
+                Err(e) => panic!("send: {e}"),
+            }
             assert!(fds.is_empty(), "the fds were neither queued nor closed");
             assert!(up.queued_fds <= MAX_QUEUED_FDS);
         }
-        assert!(up.pending(), "the supervisor's socket never filled");
+        assert!(up.pending() || capped, "the supervisor's socket never filled");
         assert_eq!(up.queued_fds, up.queue.iter().map(|p| p.fds.len()).sum::<usize>());
         let grown = open().saturating_sub(before);
         assert!(grown <= MAX_QUEUED_FDS + 1, "conjure holds {grown} more fds");
