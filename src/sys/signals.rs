@@ -89,7 +89,16 @@ fn unignore_reserved(sig: libc::c_int) {
     }
 }
 
-/// The kernel's `struct sigaction` on the architectures whose layout is the generic one.
+/// `rt_sigaction(2)` itself, past the C library: sets the handler of `sig` to `handler` (no
+/// flags, empty mask) if given, and reads the old one into `old` if asked. The syscall's
+/// result, or `None` where the kernel's layout is not known here (nothing was done).
+/// Async-signal-safe.
+fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Option<&mut usize>) -> Option<i64> {
+    kernel::rt_sigaction(sig, handler, old)
+}
+
+/// The raw system call on the architectures whose kernel `struct sigaction` has the generic
+/// layout.
 #[cfg(any(
     target_arch = "x86_64",
     target_arch = "x86",
@@ -98,28 +107,22 @@ fn unignore_reserved(sig: libc::c_int) {
     target_arch = "riscv64",
     target_arch = "loongarch64"
 ))]
-#[repr(C)]
-struct KernelSigaction {
-    handler: usize,
-    flags: libc::c_ulong,
-    restorer: usize,
-    mask: u64,
-}
+mod kernel {
+    /// The kernel's `struct sigaction` (handler, flags, restorer, a 64-bit mask).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
 
-/// `rt_sigaction(2)` itself, past the C library: sets the handler of `sig` to `handler` (no
-/// flags, empty mask) if given, and reads the old one into `old` if asked. The syscall's
-/// result, or `None` where the kernel's layout is not known here (nothing was done).
-/// Async-signal-safe.
-fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Option<&mut usize>) -> Option<i64> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64"
-    ))]
-    {
+    /// See [`super::raw_sigaction`].
+    pub(super) fn rt_sigaction(
+        sig: libc::c_int,
+        handler: Option<libc::sighandler_t>,
+        old: Option<&mut usize>,
+    ) -> Option<i64> {
         const SIGSET_SIZE: usize = 8;
         let new = handler.map(|handler| KernelSigaction { handler, flags: 0, restorer: 0, mask: 0 });
         let mut was = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
@@ -133,16 +136,24 @@ fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Opt
         }
         Some(r as i64)
     }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64"
-    )))]
-    {
-        let _ = (sig, handler, old);
+}
+
+/// Elsewhere the layout is not known here: nothing is done.
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+)))]
+mod kernel {
+    /// See [`super::raw_sigaction`].
+    pub(super) fn rt_sigaction(
+        _sig: libc::c_int,
+        _handler: Option<libc::sighandler_t>,
+        _old: Option<&mut usize>,
+    ) -> Option<i64> {
         None
     }
 }
