@@ -331,26 +331,22 @@ fn help_lists_the_exit_codes_and_examples() {
     }
 }
 
+/// Starts `sh -c script` with `flags`, waiting for a port nothing listens on (so the program
+/// ends before it is ready), and returns what conjure did.
+fn never_ready(s: &Scratch, flags: Vec<OsString>, script: &str) -> Output {
+    let mut args = argv!["-p", s.join("d.pid")];
+    args.extend(flags);
+    args.extend(argv!["--ready-on", "tcp:127.0.0.1:1", "--", "sh", "-c", script]);
+    TestCommand::conjure(args).run()
+}
+
 #[test]
 fn a_program_that_dies_before_it_is_ready_shows_what_it_last_wrote() {
     let s = Scratch::new();
     let log = s.join("app.log");
     std::fs::write(&log, "from an earlier run\n").unwrap();
     let script = "for i in 1 2 3 4 5 6 7; do echo line $i; done; echo 'fatal: cannot bind 0.0.0.0:80' >&2; exit 3";
-    let out = TestCommand::conjure(argv![
-        "-p",
-        s.join("d.pid"),
-        "-a",
-        "-o",
-        &log,
-        "--ready-on",
-        "tcp:127.0.0.1:1",
-        "--",
-        "sh",
-        "-c",
-        script
-    ])
-    .run();
+    let out = never_ready(&s, argv!["-a", "-o", &log], script);
     out.assert_code(70);
     let lines: Vec<&str> = out.stderr.lines().collect();
     let head =
@@ -369,20 +365,7 @@ fn the_output_shown_is_this_runs_only_cut_and_cleaned() {
     let log = s.join("app.log");
     std::fs::write(&log, "from an earlier run\n").unwrap();
     let script = "printf 'x%.0s' $(seq 1 300); printf '\\033[31m red\\n'; exit 4";
-    let out = TestCommand::conjure(argv![
-        "-p",
-        s.join("d.pid"),
-        "-a",
-        "-o",
-        &log,
-        "--ready-on",
-        "tcp:127.0.0.1:1",
-        "--",
-        "sh",
-        "-c",
-        script
-    ])
-    .run();
+    let out = never_ready(&s, argv!["-a", "-o", &log], script);
     out.assert_code(70);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 2, "only this run's one line is shown\n{out}");
@@ -394,28 +377,14 @@ fn the_output_shown_is_this_runs_only_cut_and_cleaned() {
 #[test]
 fn a_program_that_dies_before_it_is_ready_without_output_says_where_output_went() {
     let s = Scratch::new();
-    let out =
-        TestCommand::conjure(argv!["-p", s.join("d.pid"), "--ready-on", "tcp:127.0.0.1:1", "--", "sh", "-c", "exit 3"])
-            .run();
+    let out = never_ready(&s, argv![], "exit 3");
     out.assert_code(70);
     assert!(
         out.one_line_of_stderr().ends_with("before it was ready (its output went to /dev/null; keep it with -o FILE)"),
         "{out}"
     );
     let log = s.join("quiet.log");
-    let out = TestCommand::conjure(argv![
-        "-p",
-        s.join("d.pid"),
-        "-o",
-        &log,
-        "--ready-on",
-        "tcp:127.0.0.1:1",
-        "--",
-        "sh",
-        "-c",
-        "exit 3"
-    ])
-    .run();
+    let out = never_ready(&s, argv!["-o", &log], "exit 3");
     assert!(out.one_line_of_stderr().ends_with(&format!("(it wrote nothing to `{}`)", log.display())), "{out}");
 }
 
