@@ -160,6 +160,26 @@ fn flooding(s: &Scratch, sup: &FakeSupervisor) -> Running {
     running
 }
 
+/// What the program says just before it exits reaches the supervisor, even when the
+/// supervisor was slow: resident conjure relays what it held back on its own socket (it stops
+/// reading there while the supervisor's queue is full) after the program is gone. 70 statuses
+/// fill the supervisor's socket and conjure's queue, so the last ones still wait at conjure's
+/// socket when the program ends; the supervisor reads only then.
+#[test]
+fn the_programs_last_words_reach_a_slow_supervisor_after_it_exits() {
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let msgs = ["--then-exit", "0", "notify", "READY=1", "@FLOOD:70", "STOPPING=1\\nSTATUS=bye"];
+    let running = resident(&s, &sup, &["--ready-on", "notify"], &[], &msgs);
+    let program = program_of(running.pid());
+    wait_dead(program);
+    let seen = sup.until("STATUS=bye");
+    assert_eq!(seen.len(), 72, "READY=1, 70 statuses and the last words, none lost: {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("STOPPING=1\nSTATUS=bye"));
+    running.wait().assert_code(0);
+    assert!(!s.join("d.pid").exists(), "pidfile left behind");
+}
+
 /// Design: sending to the supervisor never blocks the loop. A supervisor that never reads
 /// (its socket's queue is full after a few datagrams) must not stop signal forwarding.
 #[test]

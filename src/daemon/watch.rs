@@ -322,9 +322,9 @@ impl Watch {
     /// The program is gone: relays what it said last, and gives the supervisor until
     /// `deadline` to take what still waits for room.
     pub(crate) fn finish_relay(&mut self, deadline: Option<Instant>) {
-        self.read_notify();
+        let process = &self.process;
         if let Some(relay) = self.relay.as_mut() {
-            relay.finish(deadline);
+            relay.finish(|sender| owns(process, sender), deadline);
         }
     }
 

@@ -135,6 +135,8 @@ pub(crate) struct Heard {
     pub extend: Option<Duration>,
     /// The last `WATCHDOG_USEC=`: the supervisor's watchdog changes.
     pub watchdog_usec: Option<Duration>,
+    /// Nothing more waited on the program's socket (or it could not be read).
+    pub emptied: bool,
 }
 
 /// The program's sd_notify messages in, the supervisor's out.
@@ -219,9 +221,13 @@ impl Relay {
             fds.clear();
             let d = match sys::recv_with_fds(host.as_fd(), buf, ancillary, fds) {
                 Ok(Some(d)) => d,
-                Ok(None) => break,
+                Ok(None) => {
+                    heard.emptied = true;
+                    break;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read the notify socket");
+                    heard.emptied = true;
                     break;
                 }
             };
@@ -274,13 +280,22 @@ impl Relay {
         }
     }
 
-    /// Sends what waits, for at most until `deadline` (the program ended: what it said last
-    /// must not be lost, but conjure must not hang on a supervisor that does not read).
-    pub(crate) fn finish(&mut self, deadline: Option<Instant>) {
-        if let Some(up) = self.upstream.as_mut()
-            && let Err(e) = up.flush_within(deadline)
-        {
-            tracing::debug!(error = %e, left = up.queue.len(), "notify messages not delivered");
+    /// The program ended: relays everything still waiting on its socket (held back there while
+    /// the supervisor's queue was full) and sends what waits, for at most until `deadline`:
+    /// what it said last must not be lost, but conjure must not hang on a supervisor that does
+    /// not read, nor on a tree that goes on talking.
+    pub(crate) fn finish(&mut self, owns: impl Fn(i32) -> bool, deadline: Option<Instant>) {
+        loop {
+            let heard = self.receive(&owns, false);
+            if let Some(up) = self.upstream.as_mut()
+                && let Err(e) = up.flush_within(deadline)
+            {
+                tracing::debug!(error = %e, left = up.queue.len(), "notify messages not delivered");
+                return;
+            }
+            if heard.emptied || deadline.is_none_or(|d| Instant::now() >= d) {
+                return;
+            }
         }
     }
 }
