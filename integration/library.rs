@@ -232,6 +232,17 @@ fn library_unsafe_daemonize_makes_the_same_daemon() {
     assert_detached(daemon.proc(), out.pid);
 }
 
+/// Code written for blivet 0.4 keeps its `unsafe` block around `daemonize`: it compiles (the
+/// helper is built with it) and makes the same daemon.
+#[test]
+fn blivet_0_4_code_with_its_unsafe_block_makes_the_same_daemon() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let out = lib(argv!["--pidfile", &pidfile, "blivet-0.4"]).expect_success();
+    let daemon = Daemon::from_pidfile(&pidfile);
+    assert_detached(daemon.proc(), out.pid);
+}
+
 #[test]
 fn daemonize_checked_refuses_a_process_with_a_second_thread() {
     let s = Scratch::new();

@@ -52,20 +52,18 @@
 //!
 //! # Coming from blivet
 //!
-//! Code written against blivet 0.4 compiles as it is, `unsafe` block, `daemonize_checked` and
-//! split-phase privilege drop included (the `unsafe` block around the now safe [`daemonize`]
-//! only draws a warning):
+//! Code written against blivet 0.4 compiles as it is, `daemonize_checked` and split-phase
+//! privilege drop included. Its `unsafe` block around [`daemonize`], which is safe now, only
+//! draws an `unused_unsafe` warning (the test suite builds such code); drop the block:
 //!
 //! ```no_run
-//! # #![allow(unused_unsafe)]
 //! use conjure::{DaemonConfig, daemonize, daemonize_checked};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let mut config = DaemonConfig::new();
 //!     config.pidfile("/var/run/myapp.pid").lockfile("/var/run/myapp.lock").user("www-data");
 //!     config.stdout("/var/log/myapp.out").stderr("/var/log/myapp.err").chdir("/var/lib/myapp");
-//!     // SAFETY: called before spawning any threads.
-//!     let mut ctx = unsafe { daemonize(&config)? };
+//!     let mut ctx = daemonize(&config)?;
 //!     ctx.chown_paths()?;
 //!     ctx.drop_privileges()?;
 //!     ctx.set_cleanup_on_drop(true);
@@ -81,7 +79,7 @@
 //!
 //! ```no_run
 //! use std::process::ExitCode;
-//! use conjure::{DaemonConfig, DaemonizeError, daemonize, daemonize_unchecked, daemonize_with};
+//! use conjure::{DaemonConfig, DaemonizeError, daemonize, daemonize_with};
 //!
 //! fn main() -> ExitCode {
 //!     let mut config = DaemonConfig::new();
@@ -101,12 +99,13 @@
 //!         ctx.report_error(&e);
 //!     }
 //!     let _ = daemonize(&DaemonConfig::new());
-//!     // SAFETY: a single-threaded program.
-//!     let _ = unsafe { daemonize_unchecked(&DaemonConfig::new()) };
 //!     let _: Result<(), DaemonizeError> = Ok(());
 //!     ExitCode::SUCCESS
 //! }
 //! ```
+//!
+//! blivet 0.15's [`daemonize_unchecked`] is here too, for callers that know they run one thread
+//! where the check cannot be made.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -21,6 +21,8 @@
 //!   live-file PATH      open PATH for appending before daemonizing; after, write "alive"
 //!                       through that very File, notify, sleep 60
 //!   unsafe-ready        like ready, but through the unsafe `daemonize_unchecked`
+//!   blivet-0.4          like ready, but written as for blivet 0.4: `daemonize` in an
+//!                       `unsafe` block, which must still compile
 //! ```
 //!
 //! A failure before the fork prints `libdaemon: {err}` and exits with `err.exit_code()`.
@@ -110,16 +112,19 @@ fn main() {
         std::fs::OpenOptions::new().append(true).create(true).open(path).expect("libdaemon: open")
     });
 
-    let ctx = if mode == "unsafe-ready" {
+    let ctx = match mode {
         // SAFETY: this process runs exactly one thread (no mode but `thread` starts another).
-        unsafe { conjure::daemonize_unchecked(&config) }
-    } else {
-        conjure::daemonize(&config)
+        "unsafe-ready" => unsafe { conjure::daemonize_unchecked(&config) },
+        // blivet 0.4's `daemonize` was unsafe; code written for it keeps its block.
+        #[allow(unused_unsafe)]
+        // SAFETY: as above (and `daemonize` is safe now: the block only draws a warning).
+        "blivet-0.4" => unsafe { conjure::daemonize(&config) },
+        _ => conjure::daemonize(&config),
     };
     let mut ctx = ctx.unwrap_or_else(|err| fail(&err));
 
     match mode {
-        "ready" | "unsafe-ready" => {
+        "ready" | "unsafe-ready" | "blivet-0.4" => {
             ok(ctx.status("starting"));
             ok(ctx.notify_parent());
             speak();

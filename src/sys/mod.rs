@@ -68,6 +68,14 @@ pub unsafe fn fork() -> io::Result<Fork> {
 /// [`daemonize`](crate::daemonize) without its check that the process runs one thread: for
 /// callers that know, on systems where the check cannot be made.
 ///
+/// ```no_run
+/// let config = conjure::DaemonConfig::new();
+/// // SAFETY: `main` has started no thread, and no crate it calls has either.
+/// let mut ctx = unsafe { conjure::daemonize_unchecked(&config)? };
+/// ctx.notify_parent()?;
+/// # Ok::<(), conjure::DaemonizeError>(())
+/// ```
+///
 /// # Safety
 ///
 /// The process must run exactly one thread: `fork` copies only the calling thread, and the
