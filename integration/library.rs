@@ -445,6 +445,24 @@ fn library_daemon_keeps_a_file_it_opened_before_daemonizing() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "alive\n", "the File opened before daemonize was closed");
 }
 
+/// A foreground `Launcher` whose exec fails returns to its caller: the fds the program was not
+/// to inherit were only marked close-on-exec, so the caller's `File`s still own theirs.
+#[test]
+fn a_failed_foreground_exec_leaves_the_callers_files_open() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    let (file, program) = (s.join("live.txt"), s.join("not-a-program"));
+    std::fs::write(&program, "neither ELF nor #!\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = lib(argv!["exec-fail", &file, &program]).run();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "alive\n",
+        "the File opened before the launch was closed\n{out}"
+    );
+    assert!(out.stderr.contains("Exec format error"), "{out}");
+}
+
 #[test]
 fn library_daemon_refuses_to_report_ready_while_still_root_when_a_user_was_configured() {
     require_root!();

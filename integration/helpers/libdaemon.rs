@@ -21,6 +21,9 @@
 //!   live-file PATH      open PATH for appending before daemonizing; after, write "alive"
 //!                       through that very File, notify, sleep 60
 //!   unsafe-ready        like ready, but through the unsafe `daemonize_unchecked`
+//!   exec-fail PATH PROG open PATH for appending, run a foreground `Launcher` of PROG (which
+//!                       must fail to exec); then write "alive" through that very File,
+//!                       print the error and exit with its code
 //!   blivet-0.4          like ready, but written as for blivet 0.4: `daemonize` in an
 //!                       `unsafe` block, which must still compile
 //! ```
@@ -94,6 +97,19 @@ fn main() {
             }
             Err(err) => fail(&err),
         }
+    }
+
+    if mode == "exec-fail" {
+        let [path, program] = rest else { usage() };
+        let mut live = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("libdaemon: open");
+        config.foreground(true);
+        let err = match conjure::Launcher::new(config, program).run() {
+            Ok(outcome) => panic!("libdaemon: {program} ran: {outcome:?}"),
+            Err(err) => err,
+        };
+        // The File still owns its fd: the failed launch closed nothing it did not own.
+        live.write_all(b"alive\n").expect("libdaemon: write through the File opened before");
+        fail(&err)
     }
 
     if mode == "with" {

@@ -76,6 +76,14 @@ const LISTEN_FDS_START: i32 = 3;
 /// other than through `std::env`, no other thread may call `std::env::set_var` or `remove_var`
 /// (or C's `setenv`, `putenv`, `unsetenv`) while `run` starts the program: `set_var`'s safety
 /// contract already forbids that.
+///
+/// # Foreground exec
+///
+/// `foreground` without a source to watch replaces this process with the program: `run`
+/// returns only if that fails. By then the process has been set up for the program (its
+/// signals, session, directory, umask, stdio and identity are the program's), but no fd was
+/// closed: those the program was not to inherit are only marked close-on-exec, so every `File`
+/// and `OwnedFd` still owns its own.
 #[derive(Debug, Clone)]
 pub struct Launcher {
     config: DaemonConfig,

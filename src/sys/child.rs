@@ -289,28 +289,44 @@ pub(super) fn retry(mut f: impl FnMut() -> libc::c_int) -> libc::c_int {
     }
 }
 
-/// Closes every fd from `lo` to `hi` inclusive.
-fn close_span(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
+/// What becomes of the fds the program must not inherit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// Closed now: a child's copies, which nothing else owns.
+    Now,
+    /// Marked close-on-exec: in the calling process itself (foreground), where they may belong
+    /// to live `File`s and `OwnedFd`s, and stay theirs if the exec fails.
+    AtExec,
+}
+
+/// Closes (or marks close-on-exec) every fd from `lo` to `hi` inclusive.
+fn close_span(lo: RawFd, hi: RawFd, how: Close) -> Result<(), Failure> {
     if lo > hi {
         return Ok(());
     }
-    // SAFETY: close_range takes plain integers; closing fds this process owns is its business.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, 0 as libc::c_uint) };
+    /// `CLOSE_RANGE_CLOEXEC` (Linux 5.11).
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let flags = if how == Close::AtExec { CLOSE_RANGE_CLOEXEC } else { 0 };
+    // SAFETY: close_range takes plain integers; closing (or marking) fds this process holds
+    // is its business, and in place they are only marked.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, lo as libc::c_uint, hi as libc::c_uint, flags) };
     if r == 0 {
         return Ok(());
     }
     if Errno::last_raw() != libc::ENOSYS && Errno::last_raw() != libc::EINVAL {
         return Err(fail(Stage::CloseFds));
     }
-    close_span_fallback(lo, hi)
-}
-
-/// For kernels without `close_range` (before 5.9): closes the fds listed in `/proc/self/fd`
-/// in that range, else every fd below `RLIMIT_NOFILE`.
-fn close_span_fallback(lo: RawFd, hi: RawFd) -> Result<(), Failure> {
-    for_each_open_fd(lo, hi, |fd| {
+    // Kernels without close_range (before 5.9, or 5.11 for the flag): one fd at a time, those
+    // `/proc/self/fd` lists in the range, else every fd below `RLIMIT_NOFILE`.
+    for_each_open_fd(lo, hi, |fd| match how {
         // SAFETY: closing an fd number; EBADF is harmless.
-        unsafe { libc::close(fd) };
+        Close::Now => unsafe {
+            libc::close(fd);
+        },
+        // SAFETY: fcntl on an fd number with integer arguments; EBADF is harmless.
+        Close::AtExec => unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        },
     });
     Ok(())
 }
@@ -387,16 +403,16 @@ fn close_inheritable_but(keep: &[RawFd]) {
     });
 }
 
-/// Closes every fd above 2 not in `keep` (sorted).
-fn close_all_but(keep: &[RawFd]) -> Result<(), Failure> {
+/// Closes (or marks close-on-exec) every fd above 2 not in `keep` (sorted).
+fn close_all_but(keep: &[RawFd], how: Close) -> Result<(), Failure> {
     let mut lo: RawFd = 3;
     for &k in keep {
         if k > lo {
-            close_span(lo, k - 1)?;
+            close_span(lo, k - 1, how)?;
         }
         lo = lo.max(k + 1);
     }
-    close_span(lo, RawFd::MAX)
+    close_span(lo, RawFd::MAX, how)
 }
 
 fn clear_cloexec(fd: RawFd) -> Result<(), Failure> {
@@ -408,7 +424,9 @@ fn clear_cloexec(fd: RawFd) -> Result<(), Failure> {
 }
 
 /// The child's setup after the fork, in the order of design section 1: signals, umask, chdir,
-/// stdio, pidfile, fd moves, identity, fd close. Reports the pid first when `report_pid` is set.
+/// stdio, pidfile, fd moves, identity, fd close. A child reports its pid first; `in_place`
+/// (foreground: the calling process itself becomes the program) reports nothing and only
+/// marks the fds to close close-on-exec, so that they stay their owners' if the exec fails.
 ///
 /// # Safety
 ///
@@ -416,10 +434,10 @@ fn clear_cloexec(fd: RawFd) -> Result<(), Failure> {
 /// process. It calls only async-signal-safe functions, allocates nothing and cannot panic
 /// (no indexing that can fail, no unwrap); `plan` must have been sealed before the fork and
 /// every fd in it must be open.
-pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failure> {
+pub(crate) unsafe fn setup(plan: &ChildPlan, in_place: bool) -> Result<(), Failure> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    if send_pid && plan.report >= 0 {
+    if !in_place && plan.report >= 0 {
         report_pid(plan.report, pid).map_err(|errno| Failure { stage: Stage::Fds, errno })?;
     }
     if plan.new_pgrp {
@@ -498,7 +516,7 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, send_pid: bool) -> Result<(), Failu
         return Ok(());
     }
     if plan.close_fds {
-        close_all_but(&plan.keep)?;
+        close_all_but(&plan.keep, if in_place { Close::AtExec } else { Close::Now })?;
     }
     for &fd in &plan.inherit {
         clear_cloexec(fd)?;

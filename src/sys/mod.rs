@@ -194,7 +194,7 @@ fn await_reparent(intermediate: libc::pid_t) {
 /// Runs [`setup`] in a freshly forked child; a failure is reported and ends the child.
 fn set_up_or_die(plan: &ChildPlan) {
     // SAFETY: called only in a child right after fork, with a plan sealed before the fork.
-    if let Err(failure) = unsafe { setup(plan, true) } {
+    if let Err(failure) = unsafe { setup(plan, false) } {
         report_failure(plan.report, failure);
         exit_now(1);
     }
@@ -276,9 +276,11 @@ pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Res
 
 /// Runs [`setup`] in the calling process itself (foreground mode).
 pub(crate) fn setup_in_place(plan: &ChildPlan) -> Result<(), Failure> {
-    // SAFETY: setup only makes syscalls on the plan's fds and paths; in the calling process
-    // that is as sound as in a child.
-    unsafe { setup(plan, false) }
+    // SAFETY: setup only makes syscalls on the plan's fds and paths. In place it closes no fd
+    // (it marks them close-on-exec), so the `File`s and `OwnedFd`s of this process still own
+    // theirs if the exec fails; the fds it dup2s onto (0-2 and the plan's targets) are the
+    // numbers the caller asked the program to find there.
+    unsafe { setup(plan, true) }
 }
 
 /// Replaces the calling process with the program (foreground mode). Returns only on failure.
