@@ -776,7 +776,7 @@ mod tests {
         }
         drop(write_end);
         let prepared = Prepared::new(DaemonConfig::new().validated().unwrap(), PidfileMode::Direct).unwrap();
-        let mut watch = Watch::new(Process::child(pid, None, false).unwrap(), Some(read_end));
+        let mut watch = Watch::new(Process::child(pid, None, false), Some(read_end));
         let result = until_ready(&mut watch, true, &prepared, Path::new("/bin/sleep"), |_, _| Ok(()));
         watch.process.terminate(libc::SIGKILL, Duration::ZERO);
         result

@@ -100,13 +100,7 @@ impl Resident<'_> {
             // arrive before the group exists.
             let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
         }
-        let process = match Process::child(pid, plan.new_pgrp.then_some(pid), true) {
-            Ok(p) => p,
-            Err(source) => {
-                let _ = sys::kill_raw(pid, libc::SIGKILL);
-                return Err(prepared.abandon(DaemonizeError::SystemError { call: "pidfd_open", source }));
-            }
-        };
+        let process = Process::child(pid, plan.new_pgrp.then_some(pid), true);
         let exec_source = matches!(armed, Armed::Exec);
         let mut watch = Watch::new(process, Some(read_end));
         // Job control needs a shell above conjure to take the terminal back and resume the job:

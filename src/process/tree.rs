@@ -175,10 +175,15 @@ impl Process {
     /// conjure's own child `pid` (resident mode), leading process group `group` when it has one
     /// of its own. With `adopts`, conjure is the subreaper of its orphans: every other child of
     /// conjure belongs to the program's tree, and conjure reaps them all.
-    pub(crate) fn child(pid: i32, group: Option<i32>, adopts: bool) -> io::Result<Process> {
-        let mut p = Process { pid: 0, pidfd: None, session: None, group, adopts, ended: None };
-        p.attach(pid)?;
-        Ok(p)
+    ///
+    /// A child's pid cannot be reused before conjure reaps it, so a pidfd that cannot be opened
+    /// (no fd left, say) only costs the wait its `poll`: the program runs on without one.
+    pub(crate) fn child(pid: i32, group: Option<i32>, adopts: bool) -> Process {
+        let pidfd = sys::pidfd_open(pid).unwrap_or_else(|error| {
+            tracing::debug!(pid, %error, "no pidfd for the program; waiting without one");
+            None
+        });
+        Process { pid, pidfd, session: None, group, adopts, ended: None }
     }
 
     /// A process conjure did not start (`conjure stop`). Its session and process group count as
