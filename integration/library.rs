@@ -303,6 +303,25 @@ fn pidfile_is_removed_on_sigterm_with_signal_cleanup() {
     assert!(!pidfile.exists(), "the pidfile survived SIGTERM with cleanup_on_signals");
 }
 
+/// The signal handler removes the pidfile as the pidfile guard does: only while its path still
+/// names the daemon's file, never a file another process put there since.
+#[test]
+fn signal_cleanup_leaves_a_file_that_replaced_the_pidfile() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let daemon = start(argv!["--pidfile", &pidfile, "signal-cleanup"], &pidfile);
+    let other = s.join("other.pid");
+    std::fs::write(&other, "4242\n").unwrap();
+    std::fs::rename(&other, &pidfile).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_dead(daemon.pid);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).ok().as_deref(),
+        Some("4242\n"),
+        "another file at the path was removed"
+    );
+}
+
 #[test]
 fn pidfile_is_not_removed_on_sigterm_without_signal_cleanup() {
     let s = Scratch::new();

@@ -221,9 +221,9 @@ impl DaemonContext {
     /// that owns its signals is not surprised; built on signal-hook, so other handlers
     /// registered through it still run first. Undone when the context is dropped.
     pub fn cleanup_on_signals(&mut self, signals: &[i32]) -> Result<(), DaemonizeError> {
-        let Some(path) = self.config.pidfile.clone() else { return Ok(()) };
+        let Some((names, dev, ino)) = self.pidfile.as_ref().and_then(Guard::identity) else { return Ok(()) };
         for &signal in signals {
-            let id = sys::register_pidfile_cleanup(signal, &path)
+            let id = sys::register_pidfile_cleanup(signal, &names, dev, ino)
                 .map_err(|source| DaemonizeError::SystemError { call: "sigaction", source })?;
             self.signal_ids.push(id);
         }

@@ -246,6 +246,13 @@ impl Guard {
         self.write.as_ref().or(self.lock.as_ref())
     }
 
+    /// The names the file may have (its temporary one until published, then its own) and its
+    /// device and inode: what a signal handler needs to remove it only if it is still this one.
+    pub(crate) fn identity(&self) -> Option<(Vec<&Path>, u64, u64)> {
+        let meta = self.file()?.metadata().ok()?;
+        Some((self.temp.iter().map(PathBuf::as_path).chain([self.path.as_path()]).collect(), meta.dev(), meta.ino()))
+    }
+
     /// Writes `pid` and a newline, replacing what the file held.
     pub(crate) fn write_pid(&self, pid: u32) -> Result<(), DaemonizeError> {
         let Some(file) = &self.write else { return Ok(()) };

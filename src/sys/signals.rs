@@ -277,17 +277,38 @@ pub(crate) fn stop_self() -> io::Result<()> {
     Ok(())
 }
 
-/// Registers, through signal-hook, a handler for `signal` that unlinks `path` and then lets the
-/// signal do what its default disposition does (for TERM, INT and HUP: end the process).
-pub(crate) fn register_pidfile_cleanup(signal: i32, path: &std::path::Path) -> io::Result<signal_hook::SigId> {
+/// Registers, through signal-hook, a handler for `signal` that unlinks whichever of `names`
+/// still names the file `dev`/`ino` (the pidfile, as the pidfile guard removes it: never a
+/// file someone put in its place), then lets the signal do what its default disposition does
+/// (for TERM, INT and HUP: end the process).
+pub(crate) fn register_pidfile_cleanup(
+    signal: i32,
+    names: &[&std::path::Path],
+    dev: u64,
+    ino: u64,
+) -> io::Result<signal_hook::SigId> {
     use std::os::unix::ffi::OsStrExt;
-    let path = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let names = names
+        .iter()
+        .map(|n| CString::new(n.as_os_str().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let action = move || {
-        // SAFETY: unlink of a NUL-terminated path prepared before registration.
-        unsafe { libc::unlink(path.as_ptr()) };
+        for name in &names {
+            // SAFETY: an all-zero stat is a valid out-value; lstat fills it.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: lstat and unlink of NUL-terminated paths prepared before registration,
+            // with a valid out-pointer.
+            unsafe {
+                if libc::lstat(name.as_ptr(), &mut st) == 0 && st.st_dev as u64 == dev && st.st_ino as u64 == ino {
+                    libc::unlink(name.as_ptr());
+                }
+            }
+        }
         let _ = signal_hook::low_level::emulate_default_handler(signal);
     };
-    // SAFETY: the action is async-signal-safe, as signal-hook requires: unlink(2), then
+    // SAFETY: the action is async-signal-safe, as signal-hook requires: lstat(2) and unlink(2)
+    // on data prepared before registration (iterating a Vec allocates nothing), then
     // signal-hook's own emulate_default_handler, which only resets the disposition and raises.
     unsafe { signal_hook::low_level::register(signal, action) }
 }
