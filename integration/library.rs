@@ -482,6 +482,16 @@ fn a_failed_foreground_exec_leaves_the_callers_files_open() {
     assert!(out.stderr.contains("Exec format error"), "{out}");
 }
 
+/// A `Launcher` whose s6 readiness fd is one of the caller's own `File`s writes the newline
+/// through it and leaves it to its owner.
+#[test]
+fn the_fd_sink_leaves_the_callers_file_open() {
+    let s = Scratch::new();
+    let file = s.join("ready.txt");
+    lib(argv!["fd-sink", &file]).expect_success();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "\nalive\n");
+}
+
 #[test]
 fn library_daemon_refuses_to_report_ready_while_still_root_when_a_user_was_configured() {
     require_root!();

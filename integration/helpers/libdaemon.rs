@@ -24,6 +24,8 @@
 //!   exec-fail PATH PROG open PATH for appending, run a foreground `Launcher` of PROG (which
 //!                       must fail to exec); then write "alive" through that very File,
 //!                       print the error and exit with its code
+//!   fd-sink PATH        open PATH for appending, launch `true` with that File's fd as the s6
+//!                       readiness fd (`Sink::Fd`); then write "alive" through the File
 //!   blivet-0.4          like ready, but written as for blivet 0.4: `daemonize` in an
 //!                       `unsafe` block, which must still compile
 //! ```
@@ -110,6 +112,18 @@ fn main() {
         // The File still owns its fd: the failed launch closed nothing it did not own.
         live.write_all(b"alive\n").expect("libdaemon: write through the File opened before");
         fail(&err)
+    }
+
+    if mode == "fd-sink" {
+        use std::os::fd::AsRawFd;
+        let path = rest.first().unwrap_or_else(|| usage());
+        let mut live = std::fs::OpenOptions::new().append(true).create(true).open(path).expect("libdaemon: open");
+        let mut launcher = conjure::Launcher::new(config, "true");
+        launcher.readiness(conjure::readiness::SinkChoice::Sink(conjure::readiness::Sink::Fd(live.as_raw_fd())));
+        launcher.run().unwrap_or_else(|err| fail(&err));
+        // The File still owns its fd: the sink wrote its newline through it without taking it.
+        live.write_all(b"alive\n").expect("libdaemon: write through the File after the launch");
+        std::process::exit(0)
     }
 
     if mode == "with" {

@@ -69,10 +69,7 @@ impl DaemonContext {
             // In the background the original process is the supervisor's main process: it sends
             // READY=1 with MAINPID= naming this daemon once told below, then exits.
             Sink::Notify if !self.config.foreground => {}
-            Sink::Notify => crate::readiness::sink::ready(Sink::Notify, None, None)?,
-            // s6's newline, through the fd without taking it: it may be one the caller owns.
-            Sink::Fd(n) => sys::write_all_raw(n, b"\n")
-                .map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })?,
+            sink @ (Sink::Notify | Sink::Fd(_)) => crate::readiness::sink::ready(sink, None, None)?,
             Sink::Pidfile => self.publish_pidfile()?,
         }
         if let Some(fd) = self.report.take() {

@@ -6,7 +6,6 @@
 //! process about to exit (resident conjure tells its supervisor through its relay instead) and
 //! the s6 notification fd.
 
-use std::io::Write;
 use std::os::fd::RawFd;
 
 use sd_notify::NotifyState;
@@ -36,15 +35,15 @@ pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> R
             relay::notify_supervisor(&states)
                 .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
         }
-        Sink::Fd(n) => write_newline_and_close(n),
+        Sink::Fd(n) => write_newline(n),
     }
 }
 
-/// s6's convention: one newline on fd `n`, then the fd is closed.
-fn write_newline_and_close(n: RawFd) -> Result<(), DaemonizeError> {
-    let fd = crate::sys::take_fd(n).map_err(|source| DaemonizeError::SystemError { call: "readiness fd", source })?;
-    let mut file = std::fs::File::from(fd);
-    file.write_all(b"\n").map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })
+/// s6's convention: one newline on fd `n`. The fd is written through, not taken: in a library
+/// caller it may belong to a `File` or `OwnedFd`; it closes with the process.
+fn write_newline(n: RawFd) -> Result<(), DaemonizeError> {
+    crate::sys::write_all_raw(n, b"\n")
+        .map_err(|source| DaemonizeError::SystemError { call: "write to the readiness fd", source })
 }
 
 /// Checks before the fork that a sink can work: the fd of `fd:N` is open.

@@ -22,17 +22,6 @@ pub(crate) fn close_raw(fd: RawFd) -> io::Result<()> {
     if unsafe { libc::close(fd) } == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Takes ownership of fd `n`, which this process was handed by its supervisor (the s6
-/// notification fd): fails with EBADF when it is not open.
-pub(crate) fn take_fd(n: RawFd) -> io::Result<OwnedFd> {
-    if !fd_is_open(n) {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
-    }
-    // SAFETY: fd n is open, and conjure holds it as no other File or OwnedFd: it is the fd
-    // the supervisor passed for this purpose, and this is its only owner from now on.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 /// A close-on-exec copy of `fd` at the lowest free number at least `floor` (`F_DUPFD_CLOEXEC`:
 /// the kernel picks and takes the number in one step, whatever other threads open meanwhile).
 pub(crate) fn dup_above(fd: RawFd, floor: RawFd) -> io::Result<OwnedFd> {
