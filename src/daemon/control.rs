@@ -155,7 +155,8 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
             ))),
             _ => {
                 tracing::debug!(pid = ?found.pid, "stale pidfile; removing it");
-                pidfile::remove_stale(pidfile)
+                found
+                    .remove_stale(pidfile)
                     .map_err(|e| fail(format!("pidfile `{shown}` is stale, but cannot be removed: {e}")))?;
                 Ok(Stopped::NotRunning)
             }
@@ -189,14 +190,14 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
             }
         }
         match settled(pidfile) {
-            Ok(Some(now)) if now.locked => {
-                round = roots(lock_holders(&now.file));
+            Ok(Some((now, holders))) if now.locked => {
+                round = roots(holders);
                 if round.is_empty() {
                     break;
                 }
             }
-            Ok(Some(_)) => {
-                return match pidfile::remove_stale(pidfile) {
+            Ok(Some((now, _))) => {
+                return match now.remove_stale(pidfile) {
                     Ok(()) => Ok(Stopped::Stopped { pid, killed }),
                     Err(e) => Err(fail(format!("stopped pid {pid}, but cannot remove `{shown}`: {e}"))),
                 };
@@ -212,16 +213,17 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
 /// How many times `stop` goes after the lock's holders before it gives up.
 const ROUNDS: usize = 3;
 
-/// The pidfile once its lock is free, or held by processes `/proc` shows: a holder that is
-/// being reparented or exec'd is briefly invisible there, and a lock held by no visible
-/// process is looked at again for a moment (bounded) before anything is concluded.
-fn settled(pidfile: &Path) -> std::io::Result<Option<Inspection>> {
+/// The pidfile once its lock is free, or held by processes `/proc` shows, with those holders:
+/// a holder that is being reparented or exec'd is briefly invisible there, and a lock held by
+/// no visible process is looked at again for a moment (bounded) before anything is concluded.
+/// A lock cannot be polled: this is the one wait that sleeps.
+fn settled(pidfile: &Path) -> std::io::Result<Option<(Inspection, Vec<i32>)>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let found = pidfile::inspect(pidfile)?;
-        let unseen = found.as_ref().is_some_and(|f| f.locked && lock_holders(&f.file).is_empty());
-        if !unseen || std::time::Instant::now() >= deadline {
-            return Ok(found);
+        let Some(found) = pidfile::inspect(pidfile)? else { return Ok(None) };
+        let holders = if found.locked { lock_holders(&found.file) } else { Vec::new() };
+        if !(found.locked && holders.is_empty()) || std::time::Instant::now() >= deadline {
+            return Ok(Some((found, holders)));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -335,19 +335,18 @@ pub(crate) fn inspect(path: &Path) -> io::Result<Option<Inspection>> {
     Ok(Some(Inspection { pid, locked, file }))
 }
 
-/// Removes a pidfile nobody holds a lock on, taking the lock first so that a daemon starting
-/// at this moment either keeps its file or has not locked it yet. Only a pidfile is removed.
-pub(crate) fn remove_stale(path: &Path) -> Result<(), DaemonizeError> {
-    let file = open_read_only(path, false).map_err(|e| Role::Pidfile.error(path, e))?;
-    let meta = file.metadata().map_err(|e| Role::Pidfile.error(path, e))?;
-    let content = read_content(&file).map_err(|e| Role::Pidfile.error(path, e))?;
-    if let Some(why) = not_a_pidfile(&meta, Some(content)) {
-        return Err(Role::Pidfile.error(path, refused(why)));
+impl Inspection {
+    /// Removes the pidfile inspected at `path` (a pidfile, as [`inspect`] checked), which
+    /// nobody holds a lock on: takes the lock first, so that a daemon starting at this moment
+    /// either keeps its file or has not locked it yet, and removes the name only while it
+    /// still names the inspected file.
+    pub(crate) fn remove_stale(&self, path: &Path) -> Result<(), DaemonizeError> {
+        let file = &self.file;
+        if !sys::try_lock(file.as_fd()).map_err(|e| Role::Pidfile.error(path, e))? || !names_same_inode(path, file) {
+            return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid: None });
+        }
+        std::fs::remove_file(path).map_err(|source| DaemonizeError::PidfileError { path: path.to_path_buf(), source })
     }
-    if !sys::try_lock(file.as_fd()).map_err(|e| Role::Pidfile.error(path, e))? || !names_same_inode(path, &file) {
-        return Err(DaemonizeError::LockConflict { path: path.to_path_buf(), pid: None });
-    }
-    std::fs::remove_file(path).map_err(|source| DaemonizeError::PidfileError { path: path.to_path_buf(), source })
 }
 
 #[cfg(test)]
