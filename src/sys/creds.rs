@@ -14,16 +14,32 @@ use std::io;
 
 use super::Ids;
 
+/// The system calls with 32-bit ids: on 32-bit arm and x86 the plain numbers are the old
+/// 16-bit-id calls.
+#[cfg(any(target_arch = "x86", target_arch = "arm"))]
+mod nr {
+    pub(super) use libc::{
+        SYS_getgroups32 as GETGROUPS, SYS_setfsgid32 as SETFSGID, SYS_setfsuid32 as SETFSUID,
+        SYS_setgroups32 as SETGROUPS,
+    };
+}
+#[cfg(not(any(target_arch = "x86", target_arch = "arm")))]
+mod nr {
+    pub(super) use libc::{
+        SYS_getgroups as GETGROUPS, SYS_setfsgid as SETFSGID, SYS_setfsuid as SETFSUID, SYS_setgroups as SETGROUPS,
+    };
+}
+
 /// The calling thread's supplementary groups.
 fn groups() -> io::Result<Vec<libc::gid_t>> {
     // SAFETY: size 0 asks for the count only; no buffer is written.
-    let n = unsafe { libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) };
+    let n = unsafe { libc::syscall(nr::GETGROUPS, 0, std::ptr::null_mut::<libc::gid_t>()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     let mut list = vec![0 as libc::gid_t; n as usize];
     // SAFETY: the buffer holds `n` entries, as the call is told.
-    let m = unsafe { libc::syscall(libc::SYS_getgroups, n, list.as_mut_ptr()) };
+    let m = unsafe { libc::syscall(nr::GETGROUPS, n, list.as_mut_ptr()) };
     if m < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -34,7 +50,7 @@ fn groups() -> io::Result<Vec<libc::gid_t>> {
 /// Sets the calling thread's supplementary groups (raw: this thread only).
 fn set_groups(list: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: the slice is valid for its length.
-    if unsafe { libc::syscall(libc::SYS_setgroups, list.len(), list.as_ptr()) } == -1 {
+    if unsafe { libc::syscall(nr::SETGROUPS, list.len(), list.as_ptr()) } == -1 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -43,13 +59,13 @@ fn set_groups(list: &[libc::gid_t]) -> io::Result<()> {
 /// Sets the fsuid, or (`u32::MAX`) only reads it; returns the previous one.
 fn setfsuid(uid: libc::uid_t) -> libc::uid_t {
     // SAFETY: plain integer argument; the call cannot fail, it returns the previous fsuid.
-    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as libc::uid_t }
+    unsafe { libc::syscall(nr::SETFSUID, uid) as libc::uid_t }
 }
 
 /// Sets the fsgid, or (`u32::MAX`) only reads it; returns the previous one.
 fn setfsgid(gid: libc::gid_t) -> libc::gid_t {
     // SAFETY: as for setfsuid.
-    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as libc::gid_t }
+    unsafe { libc::syscall(nr::SETFSGID, gid) as libc::gid_t }
 }
 
 /// Runs `f` with the calling thread's filesystem identity switched to `ids` (fsuid, fsgid,

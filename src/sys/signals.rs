@@ -108,13 +108,31 @@ fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Opt
     target_arch = "loongarch64"
 ))]
 mod kernel {
-    /// The kernel's `struct sigaction` (handler, flags, restorer, a 64-bit mask).
+    /// The kernel's `struct sigaction`: handler, flags, a restorer where the architecture
+    /// defines `SA_RESTORER` (not riscv64 nor loongarch64), and a 64-signal mask in longs (so
+    /// 4-aligned on 32-bit arm and x86, as the kernel lays it out).
     #[repr(C)]
     struct KernelSigaction {
         handler: usize,
         flags: libc::c_ulong,
+        #[cfg(not(any(target_arch = "riscv64", target_arch = "loongarch64")))]
         restorer: usize,
-        mask: u64,
+        mask: [libc::c_ulong; MASK_LONGS],
+    }
+
+    const MASK_LONGS: usize = 64 / libc::c_ulong::BITS as usize;
+
+    impl KernelSigaction {
+        /// `handler`, with no flags and an empty mask.
+        fn new(handler: usize) -> Self {
+            KernelSigaction {
+                handler,
+                flags: 0,
+                #[cfg(not(any(target_arch = "riscv64", target_arch = "loongarch64")))]
+                restorer: 0,
+                mask: [0; MASK_LONGS],
+            }
+        }
     }
 
     /// See [`super::raw_sigaction`].
@@ -124,8 +142,8 @@ mod kernel {
         old: Option<&mut usize>,
     ) -> Option<i64> {
         const SIGSET_SIZE: usize = 8;
-        let new = handler.map(|handler| KernelSigaction { handler, flags: 0, restorer: 0, mask: 0 });
-        let mut was = KernelSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        let new = handler.map(KernelSigaction::new);
+        let mut was = KernelSigaction::new(0);
         let new_ptr = new.as_ref().map_or(std::ptr::null(), |n| n as *const KernelSigaction);
         let old_ptr = if old.is_some() { &mut was as *mut KernelSigaction } else { std::ptr::null_mut() };
         // SAFETY: rt_sigaction with pointers that are null or to valid values of the kernel's
