@@ -256,7 +256,9 @@ impl Forwarder<'_> {
             t.take_back();
         }
         tracing::debug!("stopping with the program (job control)");
-        if let Err(e) = sys::stop_self() {
+        // SIGSTOP to itself, as a shell's job stops: the shell gets its prompt back, and this
+        // returns once conjure is continued.
+        if let Err(e) = sys::kill_raw(std::process::id() as i32, libc::SIGSTOP) {
             tracing::debug!(error = %e, "cannot stop");
         }
         // Continued: the SIGCONT that did it is in the signalfd, and forwarding it resumes the

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 
 use super::env::Envp;
+use super::fds::write_all_raw;
 use super::signals::reset_signals;
 
 /// Where in the child a step failed; sent to the launcher with the errno.
@@ -217,44 +218,27 @@ pub(crate) const PID_TAG: u8 = b'P';
 /// without it that the child died before its exec.
 pub(crate) const EXEC_TAG: u8 = b'X';
 
-/// `write(2)` of a whole buffer, retried on EINTR. Async-signal-safe.
-fn raw_write_all(fd: RawFd, mut buf: &[u8]) -> Result<(), i32> {
-    while !buf.is_empty() {
-        // SAFETY: buf is a valid readable slice; write does not keep the pointer.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = Errno::last_raw();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(())
-}
-
 /// Sends a failure record to the launcher; async-signal-safe.
 pub(super) fn report_failure(fd: RawFd, failure: Failure) {
     if fd < 0 {
         return;
     }
     let e = failure.errno.to_le_bytes();
-    let _ = raw_write_all(fd, &[FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]);
+    let _ = write_all_raw(fd, &[FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]);
 }
 
 /// Tells the launcher the child is about to exec; async-signal-safe. A write that fails is
 /// ignored: the launcher then learns the outcome from the end of file, or a failure record.
 pub(super) fn report_exec(fd: RawFd) {
     if fd >= 0 {
-        let _ = raw_write_all(fd, &[EXEC_TAG]);
+        let _ = write_all_raw(fd, &[EXEC_TAG]);
     }
 }
 
 /// Sends the child's own pid to the launcher; async-signal-safe.
 fn report_pid(fd: RawFd, pid: libc::pid_t) -> Result<(), i32> {
     let p = pid.to_le_bytes();
-    raw_write_all(fd, &[PID_TAG, p[0], p[1], p[2], p[3]])
+    write_all_raw(fd, &[PID_TAG, p[0], p[1], p[2], p[3]]).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Formats `n` in decimal into `buf`, returns the length. No allocation.

@@ -69,8 +69,9 @@ pub(crate) fn lock_is_held(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Writes all of `bytes` to fd `fd` without taking it (EINTR retried): the library daemon's
-/// s6 newline, on an fd the caller may own.
+/// Writes all of `bytes` to fd `fd` without taking it (EINTR retried): the s6 newline, on an
+/// fd the caller may own, and the child's records on the report pipe. Async-signal-safe: an
+/// OS error is an integer, and nothing is allocated.
 pub(crate) fn write_all_raw(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         // SAFETY: a valid buffer for its length; write does not keep the pointer.

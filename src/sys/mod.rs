@@ -13,13 +13,14 @@
 //! pipe with a raw `write`; the launcher turns it into a message, since formatting would
 //! allocate.
 //!
-//! A grep for `allow(unsafe_code)` finds this file and nothing else. Every `unsafe` block says
+//! A grep for `allow(unsafe_code)` finds the files of this folder and nothing else. Every `unsafe` block says
 //! why it is sound in a `// SAFETY:` comment; every `unsafe fn` says what its caller must
 //! guarantee.
 #![allow(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use crate::error::DaemonizeError;
 
@@ -115,8 +116,9 @@ impl SingleThreaded {
     }
 }
 
-/// Terminates the child at once, without running atexit handlers or destructors.
-fn exit_now(code: i32) -> ! {
+/// `_exit(2)`: ends the process at once, without running destructors or atexit handlers: for
+/// children, and for a daemon that reported its failure.
+pub(crate) fn exit_immediately(code: i32) -> ! {
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(code) }
 }
@@ -130,16 +132,16 @@ fn second_fork(plan: &ChildPlan) -> libc::pid_t {
     let intermediate = unsafe { libc::setsid() };
     if intermediate == -1 {
         report_failure(plan.report, fail(Stage::Setsid));
-        exit_now(1);
+        exit_immediately(1);
     }
     // SAFETY: the grandchild runs only async-signal-safe code until it execs or, in the library's
     // single-threaded case, returns.
     match unsafe { fork() } {
         Err(_) => {
             report_failure(plan.report, fail(Stage::Fork));
-            exit_now(1);
+            exit_immediately(1);
         }
-        Ok(Fork::Parent(_)) => exit_now(0),
+        Ok(Fork::Parent(_)) => exit_immediately(0),
         Ok(Fork::Child) => intermediate,
     }
 }
@@ -165,9 +167,8 @@ fn await_reparent(intermediate: libc::pid_t) {
     if parent() != intermediate {
         return;
     }
-    // SAFETY: pidfd_open takes a pid and flags; the fd it returns (close-on-exec) is closed below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, intermediate, 0) } as libc::c_int;
-    if fd >= 0 {
+    if let Ok(Some(pidfd)) = pids::pidfd_open(intermediate) {
+        let fd = pidfd.as_raw_fd();
         // Between the two getppid calls the intermediate may have exited, been reaped and its
         // pid reused: then the fd names a stranger, but the parent is no longer `intermediate`
         // and nothing waits. While the parent is still `intermediate`, it has not yet handed
@@ -177,8 +178,6 @@ fn await_reparent(intermediate: libc::pid_t) {
             // SAFETY: one valid pollfd, as the count says.
             let _ = unsafe { libc::poll(&mut pfd, 1, REPARENT_PATIENCE_MS) };
         }
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(fd) };
         return;
     }
     let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
@@ -196,7 +195,7 @@ fn set_up_or_die(plan: &ChildPlan) {
     // SAFETY: called only in a child right after fork, with a plan sealed before the fork.
     if let Err(failure) = unsafe { setup(plan, false) } {
         report_failure(plan.report, failure);
-        exit_now(1);
+        exit_immediately(1);
     }
 }
 
@@ -237,7 +236,7 @@ pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, 
                 None => Failure { stage: Stage::Exec, errno: libc::ENOEXEC },
             };
             report_failure(plan.report, failure);
-            exit_now(127)
+            exit_immediately(127)
         }
     }
 }
@@ -296,12 +295,6 @@ pub(crate) fn set_env(_one_thread: &SingleThreaded, key: &std::ffi::OsStr, value
     unsafe { std::env::set_var(key, value) };
 }
 
-/// `_exit(2)`: ends the process without running destructors or atexit handlers, for a daemon
-/// that reported its failure, and for children.
-pub(crate) fn exit_immediately(code: i32) -> ! {
-    exit_now(code)
-}
-
 /// fork, setsid, fork; both parents `_exit(0)`. Refuses a multi-threaded process, since the
 /// daemon goes on to run ordinary code.
 pub(crate) fn classic_daemon() -> io::Result<()> {
@@ -309,7 +302,7 @@ pub(crate) fn classic_daemon() -> io::Result<()> {
     for step in 0..2 {
         // SAFETY: the process runs one thread (checked above), so the child may run any code.
         match unsafe { fork() }? {
-            Fork::Parent(_) => exit_now(0),
+            Fork::Parent(_) => exit_immediately(0),
             Fork::Child if step == 0 => {
                 nix::unistd::setsid()?;
             }

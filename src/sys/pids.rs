@@ -15,7 +15,7 @@ pub(crate) fn waitpid_raw(pid: i32, status: &mut libc::c_int, flags: libc::c_int
 }
 
 /// `pidfd_open(2)`: an fd that becomes readable when `pid` exits; `Ok(None)` when the kernel
-/// lacks it (before 5.3) or the process is already gone.
+/// lacks it (before 5.3) or the process is already gone. Async-signal-safe.
 pub(crate) fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
     // SAFETY: plain integer arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };

@@ -284,17 +284,6 @@ pub(crate) fn die_of(signal: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Stops the calling process (SIGSTOP), as a shell's job would stop: what resident conjure
-/// does when its program was stopped from the terminal, so that the shell gets its prompt back.
-/// Returns once the process is continued.
-pub(crate) fn stop_self() -> io::Result<()> {
-    // SAFETY: kill with our own pid and a constant signal.
-    if unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Registers, through signal-hook, a handler for `signal` that unlinks whichever of `names`
 /// still names the file `dev`/`ino` (the pidfile, as the pidfile guard removes it: never a
 /// file someone put in its place), then lets the signal do what its default disposition does
