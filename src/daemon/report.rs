@@ -8,10 +8,10 @@
 //! End of file without "ready" means the daemon is gone or dropped its context; after the exec
 //! record it means the exec happened (without it, the child died before its exec).
 
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::sys::{EXEC_TAG, FAILURE_TAG, Failure, PID_TAG, Stage};
+use crate::sys::{EXEC_TAG, FAILURE_TAG, Failure, PID_TAG, Stage, failure_record, pid_record};
 
 const READY_TAG: u8 = b'R';
 const ERROR_TAG: u8 = b'E';
@@ -34,7 +34,8 @@ pub(crate) enum Record {
     Status(String),
 }
 
-/// Encodes records sent by library daemons (the child's own records are built in `sys/child.rs`).
+/// Encodes a record. The child's own (pid, failure, exec) are laid out by `sys/child.rs`, which
+/// sends them from between fork and exec; the library daemon's are laid out here.
 pub(crate) fn encode(record: &Record) -> Vec<u8> {
     let mut out = Vec::new();
     let text = |out: &mut Vec<u8>, s: &str| {
@@ -43,14 +44,8 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
         out.extend_from_slice(bytes);
     };
     match record {
-        Record::Pid(pid) => {
-            out.push(PID_TAG);
-            out.extend_from_slice(&pid.to_le_bytes());
-        }
-        Record::Failed(f) => {
-            out.extend_from_slice(&[FAILURE_TAG, f.stage as u8]);
-            out.extend_from_slice(&f.errno.to_le_bytes());
-        }
+        Record::Pid(pid) => out.extend_from_slice(&pid_record(*pid)),
+        Record::Failed(f) => out.extend_from_slice(&failure_record(*f)),
         Record::Ready => out.push(READY_TAG),
         Record::Exec => out.push(EXEC_TAG),
         Record::Error { code, message } => {
@@ -68,8 +63,7 @@ pub(crate) fn encode(record: &Record) -> Vec<u8> {
 
 /// Sends one record; a daemon whose launcher is gone gets EPIPE, which callers may ignore.
 pub(crate) fn send(fd: &OwnedFd, record: &Record) -> io::Result<()> {
-    let mut file = std::fs::File::from(fd.try_clone()?);
-    file.write_all(&encode(record))
+    crate::sys::write_all_raw(fd.as_raw_fd(), &encode(record))
 }
 
 /// Reassembles records from the bytes read so far.

@@ -218,13 +218,24 @@ pub(crate) const PID_TAG: u8 = b'P';
 /// without it that the child died before its exec.
 pub(crate) const EXEC_TAG: u8 = b'X';
 
+/// The record of a step that failed: its tag, the stage, the errno (little-endian).
+pub(crate) fn failure_record(failure: Failure) -> [u8; 6] {
+    let e = failure.errno.to_le_bytes();
+    [FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]
+}
+
+/// The record of the child's pid: its tag and the pid (little-endian).
+pub(crate) fn pid_record(pid: libc::pid_t) -> [u8; 5] {
+    let p = pid.to_le_bytes();
+    [PID_TAG, p[0], p[1], p[2], p[3]]
+}
+
 /// Sends a failure record to the launcher; async-signal-safe.
 pub(super) fn report_failure(fd: RawFd, failure: Failure) {
     if fd < 0 {
         return;
     }
-    let e = failure.errno.to_le_bytes();
-    let _ = write_all_raw(fd, &[FAILURE_TAG, failure.stage as u8, e[0], e[1], e[2], e[3]]);
+    let _ = write_all_raw(fd, &failure_record(failure));
 }
 
 /// Tells the launcher the child is about to exec; async-signal-safe. A write that fails is
@@ -237,8 +248,7 @@ pub(super) fn report_exec(fd: RawFd) {
 
 /// Sends the child's own pid to the launcher; async-signal-safe.
 fn report_pid(fd: RawFd, pid: libc::pid_t) -> Result<(), i32> {
-    let p = pid.to_le_bytes();
-    write_all_raw(fd, &[PID_TAG, p[0], p[1], p[2], p[3]]).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    write_all_raw(fd, &pid_record(pid)).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Formats `n` in decimal into `buf`, returns the length. No allocation.
