@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use nix::unistd::{Gid, Group, Uid, User, geteuid, getgrouplist};
 
 use crate::error::DaemonizeError;
-use crate::sys::Ids;
+use crate::sys::{self, Failure, Ids, Stage};
 
 /// A user and group resolved to numbers, with what the daemon's environment should say.
 #[derive(Debug, Clone)]
@@ -93,35 +93,23 @@ pub(crate) fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<
     Ok(Some(identity))
 }
 
-/// Drops to `ids` in the calling process (library daemons, after their privileged setup):
-/// supplementary groups, then group, then user, then proof that root cannot be regained.
+/// Drops to `ids` in the calling process (library daemons, after their privileged setup), as
+/// the child does before its exec: [`sys::drop_identity`].
 pub(crate) fn drop_to(ids: &Ids) -> Result<(), DaemonizeError> {
-    let groups: Vec<Gid> = ids.groups.iter().copied().map(Gid::from_raw).collect();
-    let denied = |call: &str, e: nix::Error| DaemonizeError::PermissionDenied(format!("{call} failed: {}", e.desc()));
-    nix::unistd::setgroups(&groups).map_err(|e| denied("setgroups", e))?;
-    nix::unistd::setgid(Gid::from_raw(ids.gid)).map_err(|e| denied(&format!("setgid({})", ids.gid), e))?;
-    nix::unistd::setuid(Uid::from_raw(ids.uid)).map_err(|e| denied(&format!("setuid({})", ids.uid), e))?;
-    if ids.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-        return Err(DaemonizeError::PermissionDenied(format!(
-            "privilege drop to uid {} did not stick: setuid(0) succeeded afterwards",
-            ids.uid
-        )));
-    }
-    // Every part of the identity is checked, not just the uid.
-    let mut groups: Vec<u32> =
-        nix::unistd::getgroups().map_err(|e| denied("getgroups", e))?.into_iter().map(Gid::as_raw).collect();
-    groups.sort_unstable();
-    groups.dedup();
-    let stuck = nix::unistd::getuid().as_raw() == ids.uid
-        && nix::unistd::geteuid().as_raw() == ids.uid
-        && nix::unistd::getgid().as_raw() == ids.gid
-        && nix::unistd::getegid().as_raw() == ids.gid
-        && groups == ids.groups;
-    if !stuck {
-        return Err(DaemonizeError::PermissionDenied(format!(
-            "privilege drop to uid {} gid {} did not stick: the identity differs afterwards",
-            ids.uid, ids.gid
-        )));
-    }
-    Ok(())
+    sys::drop_identity(ids).map_err(|failure| drop_failed(failure, ids.uid, ids.gid))
+}
+
+/// The error of a privilege drop to `uid` and `gid` that failed at `failure`'s stage (or did
+/// not stick).
+pub(crate) fn drop_failed(failure: Failure, uid: u32, gid: u32) -> DaemonizeError {
+    let why = crate::error::why(&std::io::Error::from_raw_os_error(failure.errno));
+    DaemonizeError::PermissionDenied(match failure.stage {
+        Stage::Setgroups => format!("setgroups failed: {why}"),
+        Stage::Setgid => format!("setgid({gid}) failed: {why}"),
+        Stage::Setuid => format!("setuid({uid}) failed: {why}"),
+        Stage::RegainedRoot => format!("privilege drop to uid {uid} did not stick: setuid(0) succeeded afterwards"),
+        _ => format!(
+            "privilege drop to uid {uid} gid {gid} did not stick: the user, group or supplementary groups differ afterwards"
+        ),
+    })
 }

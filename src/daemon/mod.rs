@@ -184,9 +184,6 @@ impl Prepared {
     pub(crate) fn failure_error(&self, failure: Failure, program: Option<&Path>) -> DaemonizeError {
         let source = io::Error::from_raw_os_error(failure.errno);
         let c = &self.config;
-        let ids = self.identity.as_ref().map(|i| (i.ids.uid, i.ids.gid)).unwrap_or_default();
-        let denied =
-            |call: String| DaemonizeError::PermissionDenied(format!("{call} failed: {}", crate::error::why(&source)));
         match failure.stage {
             Stage::Setsid => DaemonizeError::SetsidFailed(source),
             Stage::Fork => DaemonizeError::ForkFailed(source),
@@ -196,17 +193,10 @@ impl Prepared {
                 source,
             },
             Stage::Pidfile => DaemonizeError::PidfileError { path: c.pidfile.clone().unwrap_or_default(), source },
-            Stage::Setgroups => denied("setgroups".into()),
-            Stage::Setgid => denied(format!("setgid({})", ids.1)),
-            Stage::Setuid => denied(format!("setuid({})", ids.0)),
-            Stage::Identity => DaemonizeError::PermissionDenied(format!(
-                "privilege drop to uid {} gid {} did not stick: the group or supplementary groups differ afterwards",
-                ids.0, ids.1
-            )),
-            Stage::RegainedRoot => DaemonizeError::PermissionDenied(format!(
-                "privilege drop to uid {} did not stick: setuid(0) succeeded afterwards",
-                ids.0
-            )),
+            Stage::Setgroups | Stage::Setgid | Stage::Setuid | Stage::Identity | Stage::RegainedRoot => {
+                let (uid, gid) = self.identity.as_ref().map(|i| (i.ids.uid, i.ids.gid)).unwrap_or_default();
+                ids::drop_failed(failure, uid, gid)
+            }
             Stage::CloseFds => DaemonizeError::SystemError { call: "close_range", source },
             Stage::Fds => DaemonizeError::SystemError { call: "dup2", source },
             Stage::ProcessGroup => DaemonizeError::SystemError { call: "setpgid/tcsetpgrp", source },

@@ -488,20 +488,7 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, in_place: bool) -> Result<(), Failu
         }
     }
     if let Some(ids) = &plan.ids {
-        // SAFETY: the slice is valid for its length.
-        check(unsafe { libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) }, Stage::Setgroups)?;
-        // SAFETY: plain ids.
-        check(unsafe { libc::setgid(ids.gid) }, Stage::Setgid)?;
-        // SAFETY: plain ids.
-        check(unsafe { libc::setuid(ids.uid) }, Stage::Setuid)?;
-        // A drop that can be undone is no drop: regaining root must fail.
-        // SAFETY: plain ids; getuid/geteuid cannot fail.
-        if ids.uid != 0 && (unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != ids.uid) {
-            return Err(Failure { stage: Stage::RegainedRoot, errno: libc::EPERM });
-        }
-        if !identity_is(ids) {
-            return Err(Failure { stage: Stage::Identity, errno: libc::EPERM });
-        }
+        drop_identity(ids)?;
     }
     if plan.library {
         if plan.close_fds {
@@ -518,12 +505,37 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, in_place: bool) -> Result<(), Failu
     Ok(())
 }
 
-/// Whether the calling process now has exactly the group and supplementary groups of `ids`
+/// Drops the process to `ids`: supplementary groups, then group, then user (the C library's
+/// calls, which POSIX makes async-signal-safe and which change every thread), then proof that
+/// root cannot be regained and that every part of the identity is `ids`. The child's drop
+/// before its exec, and the library daemon's after its privileged setup.
+pub(crate) fn drop_identity(ids: &Ids) -> Result<(), Failure> {
+    // SAFETY: the slice is valid for its length.
+    check(unsafe { libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) }, Stage::Setgroups)?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setgid(ids.gid) }, Stage::Setgid)?;
+    // SAFETY: plain ids.
+    check(unsafe { libc::setuid(ids.uid) }, Stage::Setuid)?;
+    // A drop that can be undone is no drop: regaining root must fail.
+    // SAFETY: plain ids; getuid/geteuid cannot fail.
+    if ids.uid != 0 && (unsafe { libc::setuid(0) } == 0 || unsafe { libc::geteuid() } != ids.uid) {
+        return Err(Failure { stage: Stage::RegainedRoot, errno: libc::EPERM });
+    }
+    if !identity_is(ids) {
+        return Err(Failure { stage: Stage::Identity, errno: libc::EPERM });
+    }
+    Ok(())
+}
+
+/// Whether the calling process now has exactly the user, group and supplementary groups of `ids`
 /// (`ids.groups` sorted and without duplicates, as the kernel keeps them). Async-signal-safe:
 /// a stack buffer; beyond its size only the number of groups is compared.
 fn identity_is(ids: &Ids) -> bool {
-    // SAFETY: getgid and getegid cannot fail.
-    if unsafe { libc::getgid() } != ids.gid || unsafe { libc::getegid() } != ids.gid {
+    // SAFETY: getuid, getgid and getegid cannot fail.
+    if unsafe { libc::getuid() } != ids.uid
+        || unsafe { libc::getgid() } != ids.gid
+        || unsafe { libc::getegid() } != ids.gid
+    {
         return false;
     }
     let mut buf = [0 as libc::gid_t; 256];

@@ -33,7 +33,7 @@ mod signals;
 mod sockets;
 
 pub(crate) use child::{
-    ChildPlan, EXEC_TAG, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage, failure_record, pid_record,
+    ChildPlan, EXEC_TAG, ExecPlan, FAILURE_TAG, Failure, Ids, PID_TAG, Stage, drop_identity, failure_record, pid_record,
 };
 use child::{exec, fail, report_exec, report_failure, setup};
 pub(crate) use creds::with_fs_identity;
