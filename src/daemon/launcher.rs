@@ -322,12 +322,11 @@ impl Launcher {
         // socket of conjure's that nobody relays.
         let watchdog_env = relay::watchdog_env(host.is_none() || relaying);
         let listen_fds = listen_fds();
-        let exec = self
+        let mut exec = self
             .exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env, watchdog_env)
             .map_err(|e| prepared.abandon(e))?;
         let mut plan = prepared.plan(None, &listen_fds, false);
         plan.moves.extend(armed.child_fd());
-        plan.exec = Some(exec);
         let relay = (host.is_some() || upstream.is_some()).then(|| Relay::new(host, upstream));
 
         if resident {
@@ -336,6 +335,7 @@ impl Launcher {
             return Resident {
                 prepared: &mut prepared,
                 plan,
+                exec,
                 armed,
                 relay,
                 watchdog,
@@ -350,14 +350,10 @@ impl Launcher {
         }
 
         if foreground {
-            plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
             tracing::debug!("setting up in place and exec'ing (foreground)");
-            let failure = match sys::setup_in_place(&plan) {
+            let failure = match sys::setup_in_place(&mut plan) {
                 Err(f) => f,
-                Ok(()) => match plan.exec.as_mut() {
-                    Some(exec) => sys::exec_in_place(exec),
-                    None => unreachable!("the exec plan was set just above"),
-                },
+                Ok(()) => sys::exec_in_place(&mut exec),
             };
             return Err(prepared.abandon(prepared.failure_error(failure, Some(&program))));
         }
@@ -373,14 +369,15 @@ impl Launcher {
             tracing::debug!(watcher, "detached; the watcher publishes the pidfile when ready");
             return Ok(Outcome::Detached { watcher });
         }
-        self.background(&mut prepared, plan, armed, relay, sink, &program)
+        self.background(&mut prepared, (plan, exec), armed, relay, sink, &program)
     }
 
-    /// The double fork, then the wait: for the exec, and for readiness with a source to watch.
+    /// The double fork of the program `plan` and `exec` describe, then the wait: for the exec,
+    /// and for readiness with a source to watch.
     fn background(
         &self,
         prepared: &mut Prepared,
-        mut plan: ChildPlan,
+        (mut plan, mut exec): (ChildPlan, ExecPlan),
         mut armed: Armed,
         relay: Option<Relay>,
         sink: Sink,
@@ -396,16 +393,15 @@ impl Launcher {
         let signals = Signals::interrupts().map_err(|e| prepared.abandon(e))?;
         let (read_end, write_end) = report_pipe().map_err(|e| prepared.abandon(e))?;
         plan.report = write_end.as_raw_fd();
-        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!("forking");
-        let spawned = sys::spawn(&mut plan, true).map_err(|e| prepared.abandon(e))?;
+        let intermediate = sys::spawn(&mut plan, &mut exec, true).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
         armed.forked();
-        reap(spawned.child);
+        reap(intermediate);
 
         // The intermediate child made a session for the program: until its pid is reported,
         // that session is how the program is known, and stopped.
-        let mut watch = Watch::new(Process::in_session(spawned.child), Some(read_end));
+        let mut watch = Watch::new(Process::in_session(intermediate), Some(read_end));
         watch.source(armed, self.ready_timeout).signals(signals);
         if let Some(relay) = relay {
             watch.relay(relay);
@@ -601,11 +597,6 @@ pub(crate) fn said(watch: &Watch) -> String {
         parts.push(format!("STATUS={status}"));
     }
     if parts.is_empty() { String::new() } else { format!("; it said {}", parts.join(" and ")) }
-}
-
-/// A plan's fds could not be moved out of the way of the numbers the program must find.
-pub(crate) fn relocation_failed(source: std::io::Error) -> DaemonizeError {
-    DaemonizeError::SystemError { call: "fcntl(F_DUPFD_CLOEXEC)", source }
 }
 
 /// The status line a launcher shows on a terminal while it waits for readiness.

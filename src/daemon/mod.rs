@@ -156,7 +156,7 @@ impl Prepared {
         inherit.extend(self.pidfile.as_ref().and_then(Guard::lock_fd).map(|f| f.as_raw_fd()));
         inherit.extend_from_slice(&self.config.keep_fds);
         inherit.extend_from_slice(inherit_extra);
-        let mut plan = ChildPlan {
+        ChildPlan {
             report: report.map_or(-1, |r| r.as_raw_fd()),
             umask: self.config.umask.map(|m| m as libc::mode_t),
             chdir: self.config.chdir.as_ref().map(|d| cstring(d.as_os_str().as_bytes())),
@@ -171,13 +171,9 @@ impl Prepared {
             tty: -1,
             library,
             ids: if library { None } else { self.identity.as_ref().map(|i| i.ids.clone()) },
-            exec: None,
             sigmax: 0,
             held: Vec::new(),
-        };
-        // Nothing moves yet (no `moves`), so sealing allocates nothing and cannot fail.
-        let _ = plan.seal();
-        plan
+        }
     }
 
     /// Turns a failure reported by the child into the error an operator reads.
@@ -199,6 +195,7 @@ impl Prepared {
             }
             Stage::CloseFds => DaemonizeError::SystemError { call: "close_range", source },
             Stage::Fds => DaemonizeError::SystemError { call: "dup2", source },
+            Stage::Relocate => DaemonizeError::SystemError { call: sys::RELOCATE_CALL, source },
             Stage::ProcessGroup => DaemonizeError::SystemError { call: "setpgid/tcsetpgrp", source },
             Stage::Exec => {
                 let path = program.map(Path::to_path_buf).unwrap_or_default();
@@ -368,19 +365,19 @@ pub(crate) fn daemonize_impl(
         _ => Vec::new(),
     };
     if prepared.config.foreground {
-        let plan = prepared.plan(None, &sink_fd, true);
-        sys::setup_in_place(&plan).map_err(|f| prepared.failure_error(f, None))?;
+        let mut plan = prepared.plan(None, &sink_fd, true);
+        sys::setup_in_place(&mut plan).map_err(|f| prepared.failure_error(f, None))?;
         tracing::debug!(pid = std::process::id(), "set up in the foreground");
         return Ok(prepared.into_context(None, &one_thread));
     }
     let (read_end, write_end) = launcher::report_pipe().map_err(|e| prepared.abandon(e))?;
-    let plan = prepared.plan(Some(&write_end), &sink_fd, true);
+    let mut plan = prepared.plan(Some(&write_end), &sink_fd, true);
     // Interrupts are blocked across the fork (the daemon clears its mask in setup) and read
     // from a signalfd in the original process only, so that none is lost in between.
     let interrupts = watch::interrupt_set();
     let mask = watch::Signals::block(&interrupts).map_err(|e| prepared.abandon(e))?;
     tracing::debug!("forking the daemon");
-    match sys::fork_daemon(&plan, &one_thread).map_err(|e| prepared.abandon(e))? {
+    match sys::fork_daemon(&mut plan, &one_thread).map_err(|e| prepared.abandon(e))? {
         sys::Side::Launcher { child } => {
             drop(write_end);
             reap(child);

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 
 use crate::daemon::Prepared;
-use crate::daemon::launcher::{Outcome, Subreaper, abort, name, relocation_failed, report_pipe, said, until_ready};
+use crate::daemon::launcher::{Outcome, Subreaper, abort, name, report_pipe, said, until_ready};
 use crate::daemon::watch::{Event, Received, Signals, Watch};
 use crate::error::DaemonizeError;
 use crate::process::Process;
@@ -40,7 +40,7 @@ use crate::readiness::relay::Relay;
 use crate::readiness::source::Armed;
 use crate::readiness::watchdog::Watchdog;
 use crate::readiness::{Sink, sink};
-use crate::sys::{self, ChildPlan};
+use crate::sys::{self, ChildPlan, ExecPlan};
 
 /// How long the supervisor has to take what the program said last, once it ended.
 const LAST_WORDS: Duration = Duration::from_secs(1);
@@ -49,6 +49,7 @@ const LAST_WORDS: Duration = Duration::from_secs(1);
 pub(crate) struct Resident<'a> {
     pub prepared: &'a mut Prepared,
     pub plan: ChildPlan,
+    pub exec: ExecPlan,
     pub armed: Armed,
     /// The program's `NOTIFY_SOCKET`, hosted by conjure, and the way to the supervisor.
     pub relay: Option<Relay>,
@@ -70,6 +71,7 @@ impl Resident<'_> {
         let Resident {
             prepared,
             mut plan,
+            mut exec,
             mut armed,
             relay,
             watchdog,
@@ -89,12 +91,10 @@ impl Resident<'_> {
         plan.report = write_end.as_raw_fd();
         plan.new_pgrp = signal_group || terminal.is_some();
         plan.tty = terminal.as_ref().map_or(-1, |t| t.fd.as_raw_fd());
-        plan.seal().map_err(|source| prepared.abandon(relocation_failed(source)))?;
         tracing::debug!(terminal = terminal.is_some(), "starting the program as conjure's child (resident)");
-        let spawned = sys::spawn(&mut plan, false).map_err(|e| prepared.abandon(e))?;
+        let pid = sys::spawn(&mut plan, &mut exec, false).map_err(|e| prepared.abandon(e))?;
         drop(write_end);
         armed.forked();
-        let pid = spawned.child;
         if plan.new_pgrp {
             // The child does the same; doing it here too means no signal for the group can
             // arrive before the group exists.

@@ -34,6 +34,8 @@ pub(crate) enum Stage {
     Fds = 12,
     ProcessGroup = 13,
     Identity = 14,
+    /// Moving conjure's fds out of the way of the program's (`F_DUPFD_CLOEXEC`), before setup.
+    Relocate = 15,
 }
 
 impl Stage {
@@ -54,6 +56,7 @@ impl Stage {
             Fds,
             ProcessGroup,
             Identity,
+            Relocate,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -151,7 +154,6 @@ pub(crate) struct ChildPlan {
     /// With `new_pgrp`: the controlling terminal, whose foreground group the program's becomes.
     pub tty: RawFd,
     pub ids: Option<Ids>,
-    pub exec: Option<ExecPlan>,
     /// `SIGRTMAX`, read before the fork.
     pub sigmax: libc::c_int,
     /// Copies made by [`seal`](Self::seal) to keep fds out of the way of `moves`: closed with
@@ -168,7 +170,10 @@ impl ChildPlan {
     /// and reserving the number beforehand would race with other threads of a library caller
     /// opening files. So an fd in the way gets a copy above every target number (the kernel
     /// picks a free one, atomically), held until the plan is dropped.
-    pub(crate) fn seal(&mut self) -> io::Result<()> {
+    ///
+    /// The entry points of this module (`spawn`, `fork_daemon`, `setup_in_place`) seal the plan
+    /// they are given, so it is never used unsealed nor sealed twice.
+    pub(super) fn seal(&mut self) -> io::Result<()> {
         let targets: Vec<RawFd> = self.moves.iter().map(|m| m.1).collect();
         if let Some(floor) = targets.iter().max().map(|t| t + 1) {
             let mut held = std::mem::take(&mut self.held);
@@ -591,7 +596,7 @@ mod tests {
         }
         assert_eq!(Stage::from_u8(11), Some(Stage::Exec));
         // Every stage the child can report comes back from its byte.
-        assert_eq!((1..=255u8).filter_map(Stage::from_u8).count(), Stage::Identity as usize);
+        assert_eq!((1..=255u8).filter_map(Stage::from_u8).count(), Stage::Relocate as usize);
         assert_eq!(Stage::from_u8(0), None);
     }
 }

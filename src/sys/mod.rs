@@ -192,51 +192,65 @@ fn await_reparent(intermediate: libc::pid_t) {
     }
 }
 
-/// Runs [`setup`] in a freshly forked child; a failure is reported and ends the child.
-fn set_up_or_die(plan: &ChildPlan) {
-    // SAFETY: called only in a child right after fork, with a plan sealed before the fork.
-    if let Err(failure) = unsafe { setup(plan, false) } {
-        report_failure(plan.report, failure);
-        exit_immediately(1);
-    }
-}
+/// The system call that moves conjure's fds out of the way of the program's (see
+/// [`ChildPlan::seal`]), for its error message.
+pub(crate) const RELOCATE_CALL: &str = "fcntl(F_DUPFD_CLOEXEC)";
 
-/// What [`spawn`] returns in the launcher.
-#[derive(Debug)]
-pub(crate) struct Spawned {
-    /// The direct child: the intermediate process of a double fork (it exits at once), or the
-    /// program itself with `double_fork == false`.
-    pub child: i32,
-}
-
-/// Starts the program described by `plan` as a new process and returns in the launcher.
+/// Seals `plan`, blocks every signal, forks and, in the child, makes the double fork (with
+/// `double_fork`), runs [`setup`] (a failure is reported and ends the child) and waits to be
+/// reparented. `Some(pid)` of the direct child in the original process, whose signal mask is
+/// back; `None` in the program's process, set up, with every signal unblocked by setup.
 ///
-/// With `double_fork`, the child calls `setsid` and forks again so the program is not a session
-/// leader and is reparented when the intermediate child exits; without it, the child is the
-/// program itself (resident mode). In the program's process: [`setup`], then [`exec`]; a failure
-/// is written to the report pipe. Safe to call from a multi-threaded process: the child runs
-/// only async-signal-safe code.
-pub(crate) fn spawn(plan: &mut ChildPlan, double_fork: bool) -> Result<Spawned, DaemonizeError> {
+/// # Safety
+///
+/// In the program's process (`None`) the caller may run only async-signal-safe code unless
+/// the process runs one thread: `fork` copied only the calling thread.
+unsafe fn fork_set_up(plan: &mut ChildPlan, double_fork: bool) -> Result<Option<i32>, DaemonizeError> {
+    plan.seal().map_err(|source| DaemonizeError::SystemError { call: RELOCATE_CALL, source })?;
     let guard =
         MaskGuard::block_all().map_err(|source| DaemonizeError::SystemError { call: "pthread_sigmask", source })?;
-    // SAFETY: the child below runs only async-signal-safe code (setup, exec, write, _exit).
+    // SAFETY: until it returns, the child runs only async-signal-safe code (second_fork,
+    // setup, a pidfd wait, write, _exit) on the plan sealed above; after, the caller's
+    // contract holds.
     match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
         Fork::Parent(child) => {
             drop(guard);
-            Ok(Spawned { child })
+            Ok(Some(child))
         }
         Fork::Child => {
             let intermediate = if double_fork { Some(second_fork(plan)) } else { None };
-            set_up_or_die(plan);
+            // SAFETY: in a child right after fork, with a plan sealed before the fork.
+            if let Err(failure) = unsafe { setup(plan, false) } {
+                report_failure(plan.report, failure);
+                exit_immediately(1);
+            }
             if let Some(intermediate) = intermediate {
                 await_reparent(intermediate);
             }
+            // The guard's saved mask is the launcher's; setup already cleared the program's.
+            guard.forget();
+            Ok(None)
+        }
+    }
+}
+
+/// Starts the program described by `plan` and `exec` as a new process and returns, in the
+/// launcher, the pid of the direct child: the intermediate process of a double fork (it exits
+/// at once), or the program itself with `double_fork == false` (resident mode).
+///
+/// With `double_fork`, the child calls `setsid` and forks again so the program is not a session
+/// leader and is reparented when the intermediate child exits. In the program's process:
+/// [`setup`], then [`exec`]; a failure is written to the report pipe. Safe to call from a
+/// multi-threaded process: the child runs only async-signal-safe code.
+pub(crate) fn spawn(plan: &mut ChildPlan, exec_plan: &mut ExecPlan, double_fork: bool) -> Result<i32, DaemonizeError> {
+    // SAFETY: the program's process below runs only async-signal-safe code (write, execve,
+    // _exit).
+    match unsafe { fork_set_up(plan, double_fork) }? {
+        Some(child) => Ok(child),
+        None => {
             report_exec(plan.report);
-            let failure = match plan.exec.as_mut() {
-                // SAFETY: in the child, on its own copy of the plan.
-                Some(exec_plan) => unsafe { exec(exec_plan) },
-                None => Failure { stage: Stage::Exec, errno: libc::ENOEXEC },
-            };
+            // SAFETY: in the child, on its own copy of the plan.
+            let failure = unsafe { exec(exec_plan) };
             report_failure(plan.report, failure);
             exit_immediately(127)
         }
@@ -254,29 +268,18 @@ pub(crate) enum Side {
 
 /// The double fork of the library's `daemonize`: like [`spawn`], but the daemon returns to the
 /// caller instead of exec'ing. Setup failures in the daemon are reported and end it.
-pub(crate) fn fork_daemon(plan: &ChildPlan, _one_thread: &SingleThreaded) -> Result<Side, DaemonizeError> {
-    let guard =
-        MaskGuard::block_all().map_err(|source| DaemonizeError::SystemError { call: "pthread_sigmask", source })?;
+pub(crate) fn fork_daemon(plan: &mut ChildPlan, _one_thread: &SingleThreaded) -> Result<Side, DaemonizeError> {
     // SAFETY: the process is single-threaded (the token proves it), so the daemon may run
-    // ordinary code after setup; until then it runs only async-signal-safe code anyway.
-    match unsafe { fork() }.map_err(DaemonizeError::ForkFailed)? {
-        Fork::Parent(child) => {
-            drop(guard);
-            Ok(Side::Launcher { child })
-        }
-        Fork::Child => {
-            let intermediate = second_fork(plan);
-            set_up_or_die(plan);
-            await_reparent(intermediate);
-            // The guard's saved mask is the launcher's; setup already cleared the daemon's.
-            guard.forget();
-            Ok(Side::Daemon)
-        }
-    }
+    // ordinary code.
+    Ok(match unsafe { fork_set_up(plan, true) }? {
+        Some(child) => Side::Launcher { child },
+        None => Side::Daemon,
+    })
 }
 
-/// Runs [`setup`] in the calling process itself (foreground mode).
-pub(crate) fn setup_in_place(plan: &ChildPlan) -> Result<(), Failure> {
+/// Seals `plan` and runs [`setup`] in the calling process itself (foreground mode).
+pub(crate) fn setup_in_place(plan: &mut ChildPlan) -> Result<(), Failure> {
+    plan.seal().map_err(|e| Failure { stage: Stage::Relocate, errno: e.raw_os_error().unwrap_or(libc::EIO) })?;
     // SAFETY: setup only makes syscalls on the plan's fds and paths. In place it closes no fd
     // (it marks them close-on-exec), so the `File`s and `OwnedFd`s of this process still own
     // theirs if the exec fails; the fds it dup2s onto (0-2 and the plan's targets) are the
