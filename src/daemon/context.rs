@@ -37,7 +37,6 @@ pub struct DaemonContext {
     pub(crate) pidfile: Option<Guard>,
     pub(crate) lockfile: Option<Guard>,
     pub(crate) notified: bool,
-    pub(crate) cleanup_on_drop: bool,
     pub(crate) signal_ids: Vec<signal_hook::SigId>,
 }
 
@@ -194,7 +193,7 @@ impl DaemonContext {
 
     /// Overrides the config's `cleanup_on_drop`.
     pub fn set_cleanup_on_drop(&mut self, cleanup: bool) {
-        self.cleanup_on_drop = cleanup;
+        self.config.cleanup_on_drop = cleanup;
     }
 
     /// The locked lockfile's fd (the pidfile's, when it is the lockfile).
@@ -236,7 +235,7 @@ impl Drop for DaemonContext {
         if !self.notified {
             tracing::debug!("context dropped before readiness; the launcher will fail");
         }
-        if self.cleanup_on_drop {
+        if self.config.cleanup_on_drop {
             self.cleanup();
         }
     }

@@ -19,7 +19,7 @@
 //! error is reported.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -255,7 +255,8 @@ impl Launcher {
         tracing::debug!(program = %program.display(), source = %self.source, "program resolved");
         let foreground = self.config.foreground;
         let choice = self.sink.or(self.config.readiness.map(SinkChoice::Sink)).unwrap_or_default();
-        if choice == SinkChoice::Sink(Sink::Notify) && relay::supervisor_address().is_none() {
+        let supervisor = relay::supervisor_address();
+        if choice == SinkChoice::Sink(Sink::Notify) && supervisor.is_none() {
             return Err(DaemonizeError::invalid(
                 "--readiness notify needs NOTIFY_SOCKET, which is not set (run conjure from a Type=notify unit, or choose another sink)",
             ));
@@ -263,8 +264,8 @@ impl Launcher {
         // The watchdog's check, validated before anything is started; it needs conjure alive.
         let watchdog = match &self.watchdog {
             Some(check) => {
-                let supervisor = relay::supervisor_address().and(relay::supervisor_watchdog());
-                Some(Watchdog::new(check, supervisor, self.watchdog_timeout)?)
+                let interval = supervisor.as_ref().and(relay::supervisor_watchdog());
+                Some(Watchdog::new(check, interval, self.watchdog_timeout)?)
             }
             None => None,
         };
@@ -278,8 +279,9 @@ impl Launcher {
         if sink == Sink::Pidfile && self.config.pidfile.is_none() {
             return Err(DaemonizeError::invalid("the pidfile readiness sink needs a pidfile (-p)"));
         }
+        let listen_fds = listen_fds();
         if let Source::Fd(n) = self.source
-            && (self.config.keep_fds.contains(&n) || listen_fds().contains(&n))
+            && (self.config.keep_fds.contains(&n) || listen_fds.contains(&n))
         {
             return Err(DaemonizeError::invalid(format!("readiness fd {n} is already an fd the program keeps")));
         }
@@ -321,7 +323,6 @@ impl Launcher {
         // What the program sends over sd_notify reaches the supervisor unless it goes to a
         // socket of conjure's that nobody relays.
         let watchdog_env = relay::watchdog_env(host.is_none() || relaying);
-        let listen_fds = listen_fds();
         let mut exec = self
             .exec_plan(&program, &prepared, !listen_fds.is_empty(), source_env, watchdog_env)
             .map_err(|e| prepared.abandon(e))?;
@@ -649,11 +650,10 @@ pub(crate) fn abort(
 /// The report pipe: close-on-exec both ends, the launcher's read end non-blocking (the event
 /// loop reads whatever is there), the child's write end blocking.
 pub(crate) fn report_pipe() -> Result<(OwnedFd, OwnedFd), DaemonizeError> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
-    let flags =
-        OFlag::from_bits_truncate(fcntl(&read_end, FcntlArg::F_GETFL).map_err(|e| DaemonizeError::sys("fcntl", e))?);
-    fcntl(&read_end, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(|e| DaemonizeError::sys("fcntl", e))?;
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| DaemonizeError::sys("pipe2", e))?;
+    sys::set_nonblocking(read_end.as_fd(), true)
+        .map_err(|source| DaemonizeError::SystemError { call: "fcntl(F_SETFL)", source })?;
     Ok((read_end, write_end))
 }
 

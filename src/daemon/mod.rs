@@ -460,16 +460,7 @@ impl Prepared {
         if let Some(guard) = pidfile.as_mut() {
             guard.close_write();
         }
-        DaemonContext {
-            cleanup_on_drop: config.cleanup_on_drop,
-            config,
-            identity,
-            report,
-            pidfile,
-            lockfile,
-            notified: false,
-            signal_ids: Vec::new(),
-        }
+        DaemonContext { config, identity, report, pidfile, lockfile, notified: false, signal_ids: Vec::new() }
     }
 }
 

@@ -92,9 +92,7 @@ fn as_user(path: &Path, id: &Identity, append: bool) -> io::Result<File> {
         return Err(io::Error::other("not a regular file or a character device; refusing it as an output file"));
     }
     // The daemon writes as an ordinary blocking file.
-    let flags = nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL).map_err(io::Error::from)?;
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    crate::sys::set_nonblocking(file.as_fd(), false)?;
     if !append && kind.is_file() {
         file.set_len(0)?;
     }

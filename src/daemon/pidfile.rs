@@ -20,7 +20,7 @@
 //!   daemons. So after locking, [`Guard::acquire`] checks that the path still names the inode it
 //!   locked, and starts over when it does not.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -118,22 +118,20 @@ fn refused(why: String) -> io::Error {
 /// Opens `path` read-only without following a final symlink, creating it with `create`.
 /// Non-blocking, so that a FIFO planted at the path cannot hang the launcher in `open()`.
 fn open_read_only(path: &Path, create: bool) -> io::Result<File> {
+    let flags = libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     let mut opts = OpenOptions::new();
-    opts.read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY);
-    if create {
-        // std refuses create without write access; O_CREAT with O_RDONLY is what is meant.
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CREAT)
-            .mode(0o644);
-    }
+    // std refuses create without write access; O_CREAT with O_RDONLY is what is meant.
+    opts.read(true).custom_flags(if create { flags | libc::O_CREAT } else { flags }).mode(0o644);
     opts.open(path).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP) => refused("it is a symbolic link".into()),
         _ => e,
     })
 }
 
-/// A second, read-write open file description of the file open as `file`: through
-/// `/proc/self/fd` (no path lookup at all), else through `path` checked to be the same inode.
-fn reopen_read_write(file: &File, path: &Path) -> io::Result<File> {
+/// A second, read-write open file description of the file open as `file` (whose metadata is
+/// `meta`): through `/proc/self/fd` (no path lookup at all), else through `path` checked to be
+/// the same inode.
+fn reopen_read_write(file: &File, meta: &Metadata, path: &Path) -> io::Result<File> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     let rw = match OpenOptions::new()
         .read(true)
@@ -144,8 +142,8 @@ fn reopen_read_write(file: &File, path: &Path) -> io::Result<File> {
         Ok(f) => f,
         Err(_) => OpenOptions::new().read(true).write(true).custom_flags(flags | libc::O_NOFOLLOW).open(path)?,
     };
-    let (a, b) = (file.metadata()?, rw.metadata()?);
-    if a.dev() != b.dev() || a.ino() != b.ino() {
+    let b = rw.metadata()?;
+    if meta.dev() != b.dev() || meta.ino() != b.ino() {
         return Err(refused("the file was replaced while opening it".into()));
     }
     Ok(rw)
@@ -189,7 +187,7 @@ impl Guard {
                 };
                 return Err(DaemonizeError::LockConflict { path: at.to_path_buf(), pid });
             }
-            if !names_same_inode(at, &file) {
+            if !names(at, &meta) {
                 tracing::debug!(path = %at.display(), "locked file was replaced while locking; retrying");
                 continue;
             }
@@ -201,7 +199,7 @@ impl Guard {
                     if let Some(why) = not_a_pidfile(&meta, Some(content)) {
                         return Err(role.error(at, refused(why)));
                     }
-                    Some(reopen_read_write(&file, at).map_err(|e| role.error(at, e))?)
+                    Some(reopen_read_write(&file, &meta, at).map_err(|e| role.error(at, e))?)
                 }
             };
             tracing::debug!(path = %at.display(), ?role, lock, "opened");
@@ -296,10 +294,12 @@ impl Guard {
 
 /// Whether `path` (not followed) still names the file open as `file`.
 pub(crate) fn names_same_inode(path: &Path, file: &File) -> bool {
-    match (std::fs::symlink_metadata(path), file.metadata()) {
-        (Ok(p), Ok(f)) => p.dev() == f.dev() && p.ino() == f.ino(),
-        _ => false,
-    }
+    file.metadata().is_ok_and(|meta| names(path, &meta))
+}
+
+/// Whether `path` (not followed) names the file whose metadata is `meta`.
+fn names(path: &Path, meta: &Metadata) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|p| p.dev() == meta.dev() && p.ino() == meta.ino())
 }
 
 /// What a pidfile says about its daemon, looked at without disturbing its owner: the lock is

@@ -183,11 +183,8 @@ impl Resident<'_> {
         tracing::debug!(pid, ?status, "program ended");
         // What the program said last must not be lost with it.
         watch.finish_relay(Instant::now().checked_add(LAST_WORDS));
-        let left = watch.process.members();
-        if !left.is_empty() {
-            tracing::debug!(left = left.len(), "stopping what is left of the program's tree");
-            watch.process.terminate(libc::SIGTERM, kill_after);
-        }
+        // What is left of the program's tree (nothing, usually: terminate's first look says so).
+        watch.process.terminate(libc::SIGTERM, kill_after);
         forwarder.release_terminal();
         watch.discard_signals();
         prepared.remove_pidfile();

@@ -9,6 +9,15 @@ use nix::errno::Errno;
 
 use super::child::retry;
 
+/// Sets or clears `O_NONBLOCK` on the open file description of `fd`.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    fcntl(fd, FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
 /// `dup2(2)`, retried on EINTR.
 pub(crate) fn dup2_retry(from: RawFd, to: RawFd) -> io::Result<()> {
     // SAFETY: dup2 on fd numbers; replacing `to` is what the caller asks for.

@@ -89,13 +89,7 @@ fn unignore_reserved(sig: libc::c_int) {
     }
 }
 
-/// `rt_sigaction(2)` itself, past the C library: sets the handler of `sig` to `handler` (no
-/// flags, empty mask) if given, and reads the old one into `old` if asked. The syscall's
-/// result, or `None` where the kernel's layout is not known here (nothing was done).
-/// Async-signal-safe.
-fn raw_sigaction(sig: libc::c_int, handler: Option<libc::sighandler_t>, old: Option<&mut usize>) -> Option<i64> {
-    kernel::rt_sigaction(sig, handler, old)
-}
+use kernel::raw_sigaction;
 
 /// The raw system call on the architectures whose kernel `struct sigaction` has the generic
 /// layout.
@@ -135,8 +129,11 @@ mod kernel {
         }
     }
 
-    /// See [`super::raw_sigaction`].
-    pub(super) fn rt_sigaction(
+    /// `rt_sigaction(2)` itself, past the C library: sets the handler of `sig` to `handler` (no
+    /// flags, empty mask) if given, and reads the old one into `old` if asked. The syscall's
+    /// result, or `None` where the kernel's layout is not known here (nothing was done).
+    /// Async-signal-safe.
+    pub(super) fn raw_sigaction(
         sig: libc::c_int,
         handler: Option<libc::sighandler_t>,
         old: Option<&mut usize>,
@@ -166,8 +163,8 @@ mod kernel {
     target_arch = "loongarch64"
 )))]
 mod kernel {
-    /// See [`super::raw_sigaction`].
-    pub(super) fn rt_sigaction(
+    /// See the other architectures' `raw_sigaction`: nothing is done here.
+    pub(super) fn raw_sigaction(
         _sig: libc::c_int,
         _handler: Option<libc::sighandler_t>,
         _old: Option<&mut usize>,
