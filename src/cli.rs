@@ -46,6 +46,7 @@ Set CONJURE_LOG=debug (or pass -v) to trace every step on stderr.";
 #[command(
     name = "conjure",
     version,
+    propagate_version = true,
     after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,

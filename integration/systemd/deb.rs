@@ -58,6 +58,12 @@ fn deb_installs_with_dpkg_and_its_example_unit_runs_the_packaged_conjure() {
     ] {
         assert!(c.exec(&["test", "-s", file]).status.success(), "the package did not install {file}");
     }
+    // The man pages say the version they ship with (xtask once wrote its own, 0.0.0).
+    let package_version = status.rsplit(' ').next().unwrap_or("?");
+    for (page, name) in [("conjure", "conjure"), ("conjure-stop", "stop"), ("conjure-status", "status")] {
+        let header = c.run(&["sh", "-c", &format!("zcat /usr/share/man/man1/{page}.1.gz | grep '^.TH'")]);
+        assert!(header.contains(&format!("\"{name} {package_version}\"")), "{page}.1 says {header:?}");
+    }
     let owner = c.run(&["dpkg-query", "-S", "/usr/bin/conjure"]);
     assert!(owner.starts_with("conjure: "), "/usr/bin/conjure belongs to {owner:?}");
 

@@ -92,8 +92,8 @@ fn dist() -> Result<(), String> {
         completion(shell, &completions)?;
     }
 
-    let version = package_version(&root)?;
-    let deb = debian_package(&root, &dist, &version, &pages)?;
+    // The workspace's one version: conjure's, and the man pages' (clap reads it from xtask).
+    let deb = debian_package(&root, &dist, env!("CARGO_PKG_VERSION"), &pages)?;
 
     for path in [&conjure, &deb] {
         let size = fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?.len();
@@ -148,18 +148,6 @@ fn completion(shell: Shell, dir: &Path) -> Result<(), String> {
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cli::Cli::command(), "conjure", &mut script);
     write(&dir.join(name), &script, 0o644)
-}
-
-/// The `version` of the `[package]` section of conjure's manifest.
-fn package_version(root: &Path) -> Result<String, String> {
-    let path = root.join("Cargo.toml");
-    let text = fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let sections = format!("\n{text}");
-    let package = sections.split("\n[").find(|s| s.starts_with("package]")).unwrap_or_default();
-    package
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \"")?.strip_suffix('"').map(str::to_string))
-        .ok_or_else(|| format!("no version in the [package] section of {}", path.display()))
 }
 
 /// Stages the package tree and builds the `.deb` with `dpkg-deb`; returns its path.
