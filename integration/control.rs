@@ -145,6 +145,22 @@ fn stop_sends_the_signal_it_is_given() {
     assert!(!daemon.proc().alive());
 }
 
+/// `--signal` reads what `--rewrite` reads: real-time signals too (their default action ends
+/// the process).
+#[test]
+fn stop_sends_a_real_time_signal_by_name() {
+    let s = Scratch::new();
+    let pidfile = s.join("d.pid");
+    let daemon = start(argv!["-p", &pidfile, "--", testprog(), "ignore-term", "60"], &pidfile);
+    wait_until(PATIENCE, "the daemon to ignore SIGTERM", || {
+        (daemon.proc().sigset("SigIgn") & sigbit(libc::SIGTERM) != 0).then_some(())
+    });
+    let out = stop(argv!["-p", &pidfile, "--signal", "RTMIN+3", "--timeout", "60s"]);
+    out.assert_code(0);
+    assert_eq!(out.stdout, format!("{}: stopped pid {}\n", pidfile.display(), daemon.pid));
+    assert!(!daemon.proc().alive());
+}
+
 #[test]
 fn stop_with_a_stale_pidfile_exits_0_and_removes_it() {
     let s = Scratch::new();

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use conjure::readiness::{SinkChoice, Source};
-use nix::sys::signal::Signal;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -69,9 +68,9 @@ pub enum Command {
         /// The daemon's pidfile.
         #[arg(short = 'p', long = "pidfile", value_name = "PATH")]
         pidfile: PathBuf,
-        /// The signal to send first (name or number).
-        #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
-        signal: Signal,
+        /// The signal to send first (a name like TERM, a number, or RTMIN+N).
+        #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = conjure::process::parse_signal)]
+        signal: i32,
         /// How long to wait before SIGKILL.
         #[arg(long, value_name = "DUR", default_value = "10s", value_parser = conjure::parse_duration)]
         timeout: Duration,
@@ -183,13 +182,4 @@ pub fn parse_rewrite(text: &str) -> Result<(i32, i32), String> {
         .split_once(':')
         .ok_or_else(|| format!("invalid signal rewrite `{text}`: expected FROM:TO, like TERM:QUIT"))?;
     Ok((conjure::process::parse_signal(from)?, conjure::process::parse_signal(to)?))
-}
-
-fn parse_signal(text: &str) -> Result<Signal, String> {
-    if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| format!("invalid signal `{text}`"));
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    name.parse::<Signal>().map_err(|_| format!("invalid signal `{text}`"))
 }

@@ -22,8 +22,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::Signal;
-
 use crate::daemon::pidfile::{self, Inspection};
 use crate::error::{DaemonizeError, why};
 use crate::process::{KILL_WAIT, Process};
@@ -131,14 +129,13 @@ pub enum Stopped {
 /// ```no_run
 /// use std::time::Duration;
 /// use conjure::control::{self, Stopped};
-/// let signal = nix::sys::signal::Signal::SIGTERM;
-/// match control::stop("/run/myapp.pid".as_ref(), signal, Duration::from_secs(10))? {
+/// match control::stop("/run/myapp.pid".as_ref(), libc::SIGTERM, Duration::from_secs(10))? {
 ///     Stopped::Stopped { pid, killed } => println!("stopped {pid} (SIGKILL needed: {killed})"),
 ///     Stopped::NotRunning => println!("was not running"),
 /// }
 /// # Ok::<(), conjure::DaemonizeError>(())
 /// ```
-pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped, DaemonizeError> {
+pub fn stop(pidfile: &Path, signal: i32, timeout: Duration) -> Result<Stopped, DaemonizeError> {
     let fail = |msg: String| DaemonizeError::StopFailed(msg);
     let shown = pidfile.display();
     let found = match pidfile::inspect(pidfile) {
@@ -179,8 +176,8 @@ pub fn stop(pidfile: &Path, signal: Signal, timeout: Duration) -> Result<Stopped
         for target in &round {
             let mut process =
                 Process::existing(*target).map_err(|e| fail(format!("cannot watch pid {target}: {}", why(&e))))?;
-            tracing::debug!(pid = target, ?signal, "stopping the daemon and its descendants");
-            let stopped = process.terminate(signal as i32, timeout);
+            tracing::debug!(pid = target, signal, "stopping the daemon and its descendants");
+            let stopped = process.terminate(signal, timeout);
             killed |= stopped.killed;
             if stopped.survivors > 0 {
                 return Err(fail(format!(
