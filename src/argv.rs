@@ -32,12 +32,11 @@ pub fn parse(mut args: Vec<OsString>) -> Result<Cli, Vec<OsString>> {
 /// The options of a plain start line, and where the program starts in `args`; the program's
 /// arguments are left to the caller.
 fn read(args: &[OsString]) -> Option<(Cli, usize)> {
-    // The defaults clap's attributes give (`cli.rs`), parsed by the same parsers.
+    // The library's defaults, which clap's attributes spell out (`cli.rs`; the tests compare
+    // the two readers, defaults included).
     let mut start = Start {
-        ready_on: conjure::readiness::Source::from_str("exec").ok()?,
-        readiness: conjure::readiness::SinkChoice::from_str("auto").ok()?,
-        ready_timeout: conjure::parse_duration("90s").ok()?,
-        kill_after: conjure::parse_duration("5s").ok()?,
+        ready_timeout: conjure::DEFAULT_READY_TIMEOUT,
+        kill_after: conjure::DEFAULT_KILL_AFTER,
         ..Start::default()
     };
     let mut verbose = false;

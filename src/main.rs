@@ -57,14 +57,7 @@ fn main() -> ExitCode {
             match start(cli.start, progress) {
                 Ok(Outcome::Ready { .. } | Outcome::Detached { .. }) => 0,
                 Ok(Outcome::Exited(code)) => code,
-                Ok(Outcome::Killed(signal)) => {
-                    // Die of the same signal, so that our parent sees what the program's would
-                    // have; PID 1 cannot, and says 128+N instead.
-                    if std::process::id() != 1 {
-                        let _ = conjure::process::die_of(signal);
-                    }
-                    128 + signal
-                }
+                Ok(Outcome::Killed(signal)) => end_as(signal),
                 Ok(_) => 0,
                 Err(err) => report(journal, &err),
             }
@@ -105,26 +98,31 @@ fn subcommand_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString
     let Some(name) = args.get(1 + globals).filter(|_| globals > 0) else {
         return args;
     };
-    let is_subcommand = name.to_str().is_some_and(|n| {
-        use clap::CommandFactory as _;
-        Cli::command().get_subcommands().any(|s| s.get_name() == n && n != "help")
-    });
+    let is_subcommand = name.to_str().is_some_and(<Command as clap::Subcommand>::has_subcommand);
     if is_subcommand {
         args[1..=1 + globals].rotate_right(1);
     }
     args
 }
 
-/// The one line of a failure, on stderr; returns its exit code. An interrupted start dies of
-/// the interrupting signal instead (PID 1, which cannot, exits 128+N).
+/// The one line of a failure, on stderr; returns its exit code. An interrupted start ends as
+/// the interrupting signal would have ended it ([`end_as`]).
 fn report(journal: bool, err: &DaemonizeError) -> i32 {
     log::line(journal, Level::ERROR, format_args!("conjure: {err}"));
-    if let Some(signal) = err.signal()
-        && std::process::id() != 1
-    {
+    match err.signal() {
+        Some(signal) => end_as(signal),
+        None => err.exit_code().into(),
+    }
+}
+
+/// Dies of `signal`, so that conjure's parent sees the death it would have seen without
+/// conjure (the program's, or the interruption's); PID 1 cannot, and returns 128+N, what a
+/// shell reports for it, as its exit code.
+fn end_as(signal: i32) -> i32 {
+    if std::process::id() != 1 {
         let _ = conjure::process::die_of(signal);
     }
-    err.exit_code().into()
+    128 + signal
 }
 
 /// A line of `stop`'s or `status`'s answer on stdout. A reader that went away does not change
