@@ -257,21 +257,21 @@ fn report_pid(fd: RawFd, pid: libc::pid_t) -> Result<(), i32> {
 }
 
 /// Formats `n` in decimal into `buf`, returns the length. No allocation.
-fn decimal(mut n: u32, buf: &mut [u8; 11]) -> usize {
-    let mut tmp = [0u8; 10];
-    let mut i = 0;
-    loop {
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        i += 1;
-        if n == 0 {
-            break;
-        }
+/// Cannot panic: no indexing (a `buf` shorter than the number keeps its lowest digits' room
+/// unwritten, which the callers' 10-byte buffers never are).
+fn decimal(n: u32, buf: &mut [u8]) -> usize {
+    let mut len = 1;
+    let mut rest = n / 10;
+    while rest > 0 {
+        len += 1;
+        rest /= 10;
     }
-    for j in 0..i {
-        buf[j] = tmp[i - 1 - j];
+    let mut rest = n;
+    for slot in buf.iter_mut().take(len).rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
-    i
+    len.min(buf.len())
 }
 
 fn check(ret: libc::c_int, stage: Stage) -> Result<(), Failure> {
@@ -465,11 +465,9 @@ pub(crate) unsafe fn setup(plan: &ChildPlan, in_place: bool) -> Result<(), Failu
         }
     }
     if plan.pidfile >= 0 {
-        let mut buf = [0u8; 11];
-        let n = decimal(pid as u32, &mut buf);
-        let mut line = [0u8; 12];
-        line[..n].copy_from_slice(&buf[..n]);
-        line[n] = b'\n';
+        // Ten digits at most, and the newline.
+        let mut line = [b'\n'; 11];
+        let n = decimal(pid as u32, &mut line[..10]);
         // Written over what is there, then cut to its length: on ext4 a truncation to zero of
         // a file written moments ago waits for that data to reach the disk (hundreds of µs, at
         // every restart), where cutting to the length just written changes nothing unless the
