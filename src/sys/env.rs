@@ -23,6 +23,8 @@
 
 use std::ffi::c_char;
 
+// SAFETY: the C library defines `environ` with exactly this type (POSIX, environ(7)); it is
+// only read, never written, here.
 unsafe extern "C" {
     /// The process's environment (environ(7)): a NULL-terminated array of `KEY=VALUE` strings.
     static environ: *const *const c_char;
