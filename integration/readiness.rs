@@ -198,6 +198,27 @@ fn cmd_source_waits_for_the_command_to_succeed() {
     let _d = Daemon::from_pidfile(&s.join("d.pid"));
 }
 
+/// Resident conjure reaps the orphans it adopts with `waitpid(-1)`, which takes whichever
+/// child ended, a `cmd:` check's too. Without pidfds (before Linux 5.3) the loop learns of the
+/// check's end from SIGCHLD, and reaped it as an orphan every time: the check never finished,
+/// and the program never became ready.
+#[test]
+fn a_cmd_source_becomes_ready_while_resident_conjure_reaps_orphans_without_pidfds() {
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let file = s.join("ready-file");
+    let mut c = TestCommand::conjure_without_pidfds(["-f", "-p"]);
+    c.args([s.join("d.pid")]).args(["--ready-on", &format!("cmd:test -e {}", file.display()), "--ready-timeout", "5s"]);
+    c.args(["--".into(), readyprog(), "--marker".into(), s.join("marker")]);
+    c.args(["--orphan", "100", "--delay", "300", "touch"]).args([&file]);
+    c.env("NOTIFY_SOCKET", &sup.path);
+    let running = c.spawn();
+    let Some(ready) = sup.receive(PATIENCE) else { panic!("no READY=1 within {PATIENCE:?}\n{}", running.kill()) };
+    assert_eq!(ready.text, "READY=1\n");
+    assert_ready_in_order(&s);
+    drop(running);
+}
+
 #[test]
 fn bad_readiness_values_exit_64_and_start_nothing() {
     for flags in [

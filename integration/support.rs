@@ -437,6 +437,14 @@ impl TestCommand {
         c
     }
 
+    /// `conjure ARGS` on a kernel without pidfds, as far as conjure can tell: `testprog wrap
+    /// --no-pidfd` makes `pidfd_open` fail with ENOSYS, as before Linux 5.3.
+    pub fn conjure_without_pidfds<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> TestCommand {
+        let mut c = TestCommand::new(testprog());
+        c.args(["wrap", "--no-pidfd", "--"]).args([conjure_bin()]).args(args);
+        c
+    }
+
     /// Adds arguments.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, args: I) -> &mut Self {
         for a in args {

@@ -288,9 +288,8 @@ impl Watch {
 
     /// Stops watching the readiness source (it said ready, or the wait is over).
     pub(crate) fn disarm(&mut self) {
-        if let Some(mut s) = self.source.take() {
-            s.disarm();
-        }
+        // A `cmd:` check still running is killed as it is dropped.
+        self.source = None;
         self.deadline = None;
         self.next_probe = None;
         self.tick = None;

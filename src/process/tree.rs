@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -281,7 +282,8 @@ impl Process {
     }
 
     /// Reaps every child conjure has that exited (resident conjure, as PID 1 or subreaper),
-    /// noting the program's status when it is among them. Does nothing unless conjure adopts.
+    /// noting the program's status when it is among them, and keeping an [`OwnChild`]'s for
+    /// it. Does nothing unless conjure adopts.
     pub(crate) fn reap_orphans(&mut self) {
         if !self.adopts {
             return;
@@ -290,11 +292,13 @@ impl Process {
             let mut status = 0;
             match sys::waitpid_raw(-1, &mut status, libc::WNOHANG) {
                 Ok(0) => return,
-                Ok(pid) => {
-                    if pid == self.pid && self.ended.is_none() {
+                Ok(pid) if pid == self.pid => {
+                    if self.ended.is_none() {
                         self.ended = Some(Some(status));
                     }
                 }
+                // `waitpid(-1)` takes whichever child ended, one conjure waits for itself too.
+                Ok(pid) => keep_for_owner(pid, status),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             }
@@ -306,6 +310,7 @@ impl Process {
     fn survey(&self) -> (Vec<i32>, Vec<i32>) {
         let me = std::process::id() as i32;
         let table = all();
+        let own = own_children();
         let mut members: HashSet<i32> = HashSet::new();
         let mut zombies = Vec::new();
         for s in &table {
@@ -315,7 +320,7 @@ impl Process {
             let ours = (s.pid == self.pid && self.pid > 0)
                 || Some(s.session) == self.session
                 || Some(s.pgrp) == self.group
-                || (self.adopts && s.ppid == me);
+                || (self.adopts && s.ppid == me && !own.contains(&s.pid));
             if !ours {
                 continue;
             }
@@ -427,6 +432,110 @@ impl Process {
         }
         let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::POLLIN)).collect();
         let _ = poll(&mut polled, timeout_until(wake));
+    }
+}
+
+/// The children conjure started for itself ([`OwnChild`]), by pid, with the status the orphan
+/// reaper collected for one that ended before its owner looked.
+static OWN: Mutex<Vec<(i32, Option<WaitStatus>)>> = Mutex::new(Vec::new());
+
+fn own() -> MutexGuard<'static, Vec<(i32, Option<WaitStatus>)>> {
+    // A panic elsewhere cannot leave the list half-changed: each change is one push or remove.
+    OWN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The pids of the [`OwnChild`]ren alive.
+fn own_children() -> Vec<i32> {
+    own().iter().map(|(pid, _)| *pid).collect()
+}
+
+/// The reaper took child `pid`: when it is an [`OwnChild`], its status is kept for its owner.
+fn keep_for_owner(pid: i32, status: WaitStatus) {
+    if let Some(entry) = own().iter_mut().find(|(p, _)| *p == pid) {
+        entry.1 = Some(status);
+    }
+}
+
+/// The status the reaper kept for [`OwnChild`] `pid`, if it took it.
+fn kept_for(pid: i32) -> Option<WaitStatus> {
+    own().iter().find(|(p, _)| *p == pid).and_then(|(_, status)| *status)
+}
+
+/// A child conjure started for itself (a `cmd:` check), not the program's: its pid and pidfd.
+///
+/// Resident conjure reaps its adopted orphans with `waitpid(-1)`, which takes whichever child
+/// ended, this one too (always without pidfds, where the loop learns of its end from SIGCHLD;
+/// otherwise when it ends between a `poll` and the reaping). Its owner, asking by pid, would
+/// then never learn that it ended, and would signal a pid that may have been reused. So an
+/// `OwnChild` is listed while it lives: the reaper keeps its status for it, and the program's
+/// tree ([`Process::terminate`], membership) leaves it out. Peeking (`waitid` with `WNOWAIT`)
+/// to leave it unreaped would not do: the next peek shows the same child again, and every
+/// orphan behind it would stay a zombie until its owner looked.
+///
+/// Dropped while it runs, it is killed (SIGKILL) and reaped.
+#[derive(Debug)]
+pub(crate) struct OwnChild {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    /// Its status once it ended (`None` inside: ended, but its status was lost).
+    ended: Option<Option<WaitStatus>>,
+}
+
+impl OwnChild {
+    /// Takes charge of `child`, which conjure just spawned and nobody waited for yet.
+    pub(crate) fn new(child: std::process::Child) -> OwnChild {
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        own().push((pid, None));
+        // Without pidfds (before 5.3) the owner looks again on its own schedule.
+        let pidfd = sys::pidfd_open(pid).ok().flatten();
+        OwnChild { pid, pidfd, ended: None }
+    }
+
+    /// An fd that is readable once it exited, while it runs (and the kernel has pidfds).
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().filter(|_| self.ended.is_none()).map(AsFd::as_fd)
+    }
+
+    /// `None` while it runs; once it ended, its wait status, or `Some(None)` when that was lost
+    /// (someone else reaped it): it ended all the same.
+    pub(crate) fn try_wait(&mut self) -> Option<Option<WaitStatus>> {
+        if self.ended.is_none() {
+            self.ended = self.look();
+        }
+        self.ended
+    }
+
+    fn look(&self) -> Option<Option<WaitStatus>> {
+        if let Some(status) = kept_for(self.pid) {
+            return Some(Some(status));
+        }
+        let mut status = 0;
+        match sys::waitpid_raw(self.pid, &mut status, libc::WNOHANG) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => None,
+            Ok(_) => Some(Some(status)),
+            // Not a child any more: reaped a moment ago (by another thread's reaper, which kept
+            // its status), or by someone who did not.
+            Err(_) => Some(kept_for(self.pid)),
+        }
+    }
+}
+
+impl Drop for OwnChild {
+    fn drop(&mut self) {
+        if self.pid > 0 && self.try_wait().is_none() {
+            // Not reaped yet, so the pid is still its own.
+            let killed = match &self.pidfd {
+                Some(fd) => sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL),
+                None => sys::kill_raw(self.pid, libc::SIGKILL),
+            };
+            if let Err(e) = killed {
+                tracing::debug!(pid = self.pid, error = %e, "cannot kill a check");
+            }
+            // Bounded: SIGKILL cannot be caught.
+            let mut status = 0;
+            while sys::waitpid_raw(self.pid, &mut status, 0) == Err(nix::errno::Errno::EINTR) {}
+        }
+        own().retain(|(pid, _)| *pid != self.pid);
     }
 }
 

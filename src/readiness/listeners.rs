@@ -29,7 +29,9 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
+use crate::error::DaemonizeError;
 use crate::process::Process;
+use crate::readiness::{Source, absolute};
 
 /// `TCP_LISTEN`, the state of a listening socket (TCP and Unix alike in sock_diag).
 const TCP_LISTEN: u32 = 10;
@@ -62,6 +64,16 @@ pub(crate) enum Owner {
 }
 
 impl Target {
+    /// The address a `tcp:` or `unix:` source names (`None` for the other sources), a path
+    /// made absolute.
+    pub(crate) fn from_source(source: &Source) -> Result<Option<Target>, DaemonizeError> {
+        Ok(match source {
+            Source::Tcp(host, port) => Some(Target::tcp(host, *port)),
+            Source::Unix(path) => Some(Target::Unix(absolute(path)?)),
+            _ => None,
+        })
+    }
+
     /// A TCP target; the host is resolved on first use.
     pub(crate) fn tcp(host: &str, port: u16) -> Target {
         Target::Tcp { host: host.to_string(), port, addrs: Vec::new() }
@@ -90,6 +102,16 @@ impl Target {
             Target::Tcp { port, .. } => format!("port {port}"),
             Target::Unix(path) => format!("`{}`", path.display()),
         }
+    }
+
+    /// `port 8000 is already in use by pid 123 (python3)`.
+    pub(crate) fn taken(&self, holders: &[i32]) -> String {
+        let who = if holders.is_empty() {
+            "another process".to_string()
+        } else {
+            holders.iter().map(|p| describe_process(*p)).collect::<Vec<_>>().join(", ")
+        };
+        format!("{} is already in use by {who}", self.describe())
     }
 
     /// Who holds what listens here: the program (`tree`, whose members are looked at) or
@@ -166,7 +188,7 @@ pub(crate) fn holders(inodes: &[u64]) -> Vec<i32> {
 }
 
 /// `pid 123 (python3)`, or `pid 123` when its name cannot be read.
-pub(crate) fn describe_process(pid: i32) -> String {
+fn describe_process(pid: i32) -> String {
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
         Ok(comm) => format!("pid {pid} ({})", comm.trim_end()),
         Err(_) => format!("pid {pid}"),

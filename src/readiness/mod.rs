@@ -27,7 +27,7 @@ pub(crate) mod watchdog;
 
 use std::fmt;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// How conjure learns that the program is ready (`--ready-on`). Parsed from the command
@@ -58,6 +58,12 @@ pub enum Source {
     File(PathBuf),
     /// This shell command exits 0.
     Cmd(String),
+}
+
+/// `path` made absolute against the current directory, before the fork (the daemon's is `/`).
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf, crate::error::DaemonizeError> {
+    std::path::absolute(path)
+        .map_err(|e| crate::error::DaemonizeError::invalid(format!("invalid path `{}`: {e}", path.display())))
 }
 
 impl Source {

@@ -9,16 +9,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::error::DaemonizeError;
 use crate::process::Process;
-use crate::readiness::Source;
-use crate::readiness::listeners::{Owner, Target, describe_process};
-use crate::readiness::probe::{self, Backoff};
+use crate::readiness::listeners::{Owner, Target};
+use crate::readiness::probe::{self, Backoff, CmdCheck};
+use crate::readiness::{Source, absolute};
 
 /// A source with what it needs set up before the fork.
 #[derive(Debug)]
@@ -44,7 +43,7 @@ pub(crate) enum Armed {
     Cmd {
         command: String,
         backoff: Backoff,
-        running: Option<(Child, Option<OwnedFd>)>,
+        running: Option<CmdCheck>,
     },
 }
 
@@ -63,13 +62,9 @@ pub(crate) enum Probe {
 /// Before anything is started: an address the program is to listen on must not be taken
 /// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the program's).
 pub(crate) fn check_free(source: &Source) -> Result<(), DaemonizeError> {
-    let mut target = match source {
-        Source::Tcp(host, port) => Target::tcp(host, *port),
-        Source::Unix(path) => Target::Unix(absolute(path)?),
-        _ => return Ok(()),
-    };
+    let Some(mut target) = Target::from_source(source)? else { return Ok(()) };
     match target.owner(None) {
-        Owner::Other(holders) => Err(DaemonizeError::AddressInUse(taken(&target, &holders))),
+        Owner::Other(holders) => Err(DaemonizeError::AddressInUse(target.taken(&holders))),
         _ => Ok(()),
     }
 }
@@ -77,6 +72,9 @@ pub(crate) fn check_free(source: &Source) -> Result<(), DaemonizeError> {
 impl Armed {
     /// Prepares `source` in the launcher, before the fork.
     pub(crate) fn arm(source: &Source) -> Result<Armed, DaemonizeError> {
+        if let Some(target) = Target::from_source(source)? {
+            return Ok(Armed::Listen { target, backoff: Backoff::default() });
+        }
         Ok(match source {
             Source::Exec => Armed::Exec,
             Source::Notify => Armed::Notify,
@@ -92,8 +90,6 @@ impl Armed {
                     .map_err(|e| DaemonizeError::sys("fcntl", e))?;
                 Armed::Fd { read, write: Some(write), target: *n }
             }
-            Source::Tcp(host, port) => Armed::Listen { target: Target::tcp(host, *port), backoff: Backoff::default() },
-            Source::Unix(path) => Armed::Listen { target: Target::Unix(absolute(path)?), backoff: Backoff::default() },
             Source::File(path) => {
                 let path = absolute(path)?;
                 let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
@@ -118,6 +114,10 @@ impl Armed {
                 Armed::File { path, inotify }
             }
             Source::Cmd(command) => Armed::Cmd { command: command.clone(), backoff: Backoff::default(), running: None },
+            // Every one is a Target, above.
+            Source::Tcp(..) | Source::Unix(_) => {
+                return Err(DaemonizeError::invalid(format!("invalid readiness source `{source}`")));
+            }
         })
     }
 
@@ -142,7 +142,7 @@ impl Armed {
         match self {
             Armed::Fd { read, .. } => Some(read.as_fd()),
             Armed::File { inotify, .. } => Some(inotify.as_fd()),
-            Armed::Cmd { running: Some((_, Some(fd))), .. } => Some(fd.as_fd()),
+            Armed::Cmd { running: Some(check), .. } => check.fd(),
             _ => None,
         }
     }
@@ -156,7 +156,7 @@ impl Armed {
             Armed::Listen { target, backoff } => match target.owner(Some(tree)) {
                 Owner::Program => Probe::Ready,
                 Owner::Nobody => Probe::Again(Some(probe::due(backoff))),
-                Owner::Other(holders) => Probe::Taken(taken(target, &holders)),
+                Owner::Other(holders) => Probe::Taken(target.taken(&holders)),
             },
             // Checked once after exec; from then on inotify says when to look again.
             Armed::File { path, .. } => {
@@ -167,22 +167,14 @@ impl Armed {
                 }
             }
             Armed::Cmd { command, backoff, running } => {
-                if let Some((child, _)) = running.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    *running = None;
-                    if status.success() {
-                        return Ok(Probe::Ready);
-                    }
-                    tracing::debug!(%status, "readiness command not yet successful");
+                if collect(running) == Some(true) {
+                    return Ok(Probe::Ready);
                 }
                 if running.is_none() {
-                    let child = probe::spawn_check(command).map_err(|source| DaemonizeError::SystemError {
+                    *running = Some(CmdCheck::start(command).map_err(|source| DaemonizeError::SystemError {
                         call: "starting the readiness command",
                         source,
-                    })?;
-                    let fd = crate::sys::pidfd_open(child.id() as i32).ok().flatten();
-                    *running = Some((child, fd));
+                    })?);
                 }
                 // Looked at again when its pidfd says it exited (or on the backoff without one).
                 Probe::Again(Some(probe::due(backoff)))
@@ -216,51 +208,21 @@ impl Armed {
                 Ok(path.exists())
             }
             // The check exited: ready if it succeeded; otherwise the next run waits for its probe.
-            Armed::Cmd { running, .. } => {
-                let Some((child, _)) = running.as_mut() else { return Ok(false) };
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        *running = None;
-                        if !status.success() {
-                            tracing::debug!(%status, "readiness command not yet successful");
-                        }
-                        Ok(status.success())
-                    }
-                    _ => Ok(false),
-                }
-            }
+            Armed::Cmd { running, .. } => Ok(collect(running) == Some(true)),
             _ => Ok(false),
         }
     }
+}
 
-    /// Stops a `cmd:` check still running; the source is done.
-    pub(crate) fn disarm(&mut self) {
-        if let Armed::Cmd { running, .. } = self
-            && let Some((child, _)) = running.take()
-        {
-            probe::stop_check(child);
-        }
+/// A `cmd:` check that finished: whether it succeeded (it is gone either way); `None` while
+/// it runs, or when none does.
+fn collect(running: &mut Option<CmdCheck>) -> Option<bool> {
+    let result = running.as_mut()?.finished()?;
+    *running = None;
+    if let Err(why) = &result {
+        tracing::debug!(why, "readiness command not yet successful");
     }
-}
-
-impl Drop for Armed {
-    fn drop(&mut self) {
-        self.disarm();
-    }
-}
-
-/// `port 8000 is already in use by pid 123 (python3)`.
-pub(crate) fn taken(target: &Target, holders: &[i32]) -> String {
-    let who = if holders.is_empty() {
-        "another process".to_string()
-    } else {
-        holders.iter().map(|p| describe_process(*p)).collect::<Vec<_>>().join(", ")
-    };
-    format!("{} is already in use by {who}", target.describe())
-}
-
-fn absolute(path: &Path) -> Result<PathBuf, DaemonizeError> {
-    std::path::absolute(path).map_err(|e| DaemonizeError::invalid(format!("invalid path `{}`: {e}", path.display())))
+    Some(result.is_ok())
 }
 
 /// How long the program was waited for, as the failure message says it.
