@@ -239,6 +239,25 @@ fn bad_readiness_values_exit_64_and_start_nothing() {
     }
 }
 
+/// A host that does not resolve is a usage error before anything starts, naming the host; it
+/// was a timeout 90 s later (and a resolver queried inside the event loop on every probe).
+#[test]
+fn a_tcp_host_that_does_not_resolve_exits_64_at_once_naming_it() {
+    for flags in [
+        &["--ready-on", "tcp:nonexistent.invalid:80"][..],
+        &["-f", "--watchdog", "tcp:nonexistent.invalid:80", "--watchdog-timeout", "1s"],
+    ] {
+        let s = Scratch::new();
+        let started = Instant::now();
+        let out = launch(&s, flags, 0, &["never"]).run();
+        out.assert_code(64);
+        assert!(out.one_line_of_stderr().contains("`nonexistent.invalid`"), "{out}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        assert!(!s.join("d.pid").exists(), "pidfile created for {flags:?}");
+        s.wait_no_process_left();
+    }
+}
+
 #[test]
 fn pidfile_sink_publishes_the_pidfile_only_when_ready_without_waiting() {
     let s = Scratch::new();

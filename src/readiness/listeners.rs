@@ -46,8 +46,8 @@ const UNIX_DIAG_VFS: u16 = 1;
 /// An address the program is expected to listen on.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// `tcp:HOST:PORT`; `addrs` is HOST resolved, once it resolves.
-    Tcp { host: String, port: u16, addrs: Vec<IpAddr> },
+    /// `tcp:HOST:PORT`, with HOST's addresses, resolved before the fork.
+    Tcp { port: u16, addrs: Vec<IpAddr> },
     /// `unix:PATH`, absolute.
     Unix(PathBuf),
 }
@@ -65,30 +65,31 @@ pub(crate) enum Owner {
 
 impl Target {
     /// The address a `tcp:` or `unix:` source names (`None` for the other sources), a path
-    /// made absolute.
+    /// made absolute, a host resolved. Runs before the fork: a host that does not resolve is
+    /// a usage error now, not a timeout later, and the event loop never waits for a resolver.
     pub(crate) fn from_source(source: &Source) -> Result<Option<Target>, DaemonizeError> {
         Ok(match source {
-            Source::Tcp(host, port) => Some(Target::tcp(host, *port)),
+            Source::Tcp(host, port) => Some(Target::tcp(host, *port).map_err(|why| {
+                DaemonizeError::invalid(format!("invalid address `{source}`: cannot resolve host `{host}`: {why}"))
+            })?),
             Source::Unix(path) => Some(Target::Unix(absolute(path)?)),
             _ => None,
         })
     }
 
-    /// A TCP target; the host is resolved on first use.
-    pub(crate) fn tcp(host: &str, port: u16) -> Target {
-        Target::Tcp { host: host.to_string(), port, addrs: Vec::new() }
+    /// A TCP target: `host` resolved now (blocking), to at least one address.
+    pub(crate) fn tcp(host: &str, port: u16) -> Result<Target, String> {
+        let addrs: Vec<IpAddr> = (host, port).to_socket_addrs().map_err(|e| e.to_string())?.map(|a| a.ip()).collect();
+        if addrs.is_empty() {
+            return Err("it has no address".to_string());
+        }
+        Ok(Target::Tcp { port, addrs })
     }
 
     /// Inodes of the sockets listening at this address now.
     pub(crate) fn listeners(&mut self) -> Vec<u64> {
         match self {
-            Target::Tcp { host, port, addrs } => {
-                if addrs.is_empty() {
-                    *addrs = (host.as_str(), *port)
-                        .to_socket_addrs()
-                        .map(|a| a.map(|a| a.ip()).collect())
-                        .unwrap_or_default();
-                }
+            Target::Tcp { port, addrs } => {
                 let matches = |ip: IpAddr, p: u16| p == *port && addrs.iter().any(|a| covers(ip, *a));
                 tcp_listeners().into_iter().filter(|(ip, p, _)| matches(*ip, *p)).map(|(.., ino)| ino).collect()
             }
@@ -407,10 +408,19 @@ mod tests {
     }
 
     #[test]
+    fn a_host_that_does_not_resolve_is_a_usage_error_naming_it() {
+        let err = Target::from_source(&Source::Tcp("nonexistent.invalid".into(), 80)).unwrap_err();
+        assert_eq!(err.exit_code(), 64);
+        assert!(err.to_string().contains("`nonexistent.invalid`"), "{err}");
+        let localhost = Target::from_source(&Source::Tcp("localhost".into(), 80)).unwrap();
+        assert!(matches!(localhost, Some(Target::Tcp { ref addrs, .. }) if !addrs.is_empty()));
+    }
+
+    #[test]
     fn a_listener_of_this_process_is_found_by_port_and_by_path() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let mut t = Target::tcp("127.0.0.1", port);
+        let mut t = Target::tcp("127.0.0.1", port).unwrap();
         let inodes = t.listeners();
         assert_eq!(inodes.len(), 1);
         assert!(holds(std::process::id() as i32, &inodes).unwrap());

@@ -59,18 +59,9 @@ pub(crate) enum Probe {
     Taken(String),
 }
 
-/// Before anything is started: an address the program is to listen on must not be taken
-/// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the program's).
-pub(crate) fn check_free(source: &Source) -> Result<(), DaemonizeError> {
-    let Some(mut target) = Target::from_source(source)? else { return Ok(()) };
-    match target.owner(None) {
-        Owner::Other(holders) => Err(DaemonizeError::AddressInUse(target.taken(&holders))),
-        _ => Ok(()),
-    }
-}
-
 impl Armed {
-    /// Prepares `source` in the launcher, before the fork.
+    /// Prepares `source` in the launcher, before anything is started (a host resolved, a path
+    /// made absolute: see [`Target::from_source`]).
     pub(crate) fn arm(source: &Source) -> Result<Armed, DaemonizeError> {
         if let Some(target) = Target::from_source(source)? {
             return Ok(Armed::Listen { target, backoff: Backoff::default() });
@@ -119,6 +110,18 @@ impl Armed {
                 return Err(DaemonizeError::invalid(format!("invalid readiness source `{source}`")));
             }
         })
+    }
+
+    /// Before anything is started: an address the program is to listen on must not be taken
+    /// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the
+    /// program's).
+    pub(crate) fn check_free(&mut self) -> Result<(), DaemonizeError> {
+        if let Armed::Listen { target, .. } = self
+            && let Owner::Other(holders) = target.owner(None)
+        {
+            return Err(DaemonizeError::AddressInUse(target.taken(&holders)));
+        }
+        Ok(())
     }
 
     /// The fd the program must find at a fixed number, if any: `(ours, its number)`.
