@@ -335,3 +335,28 @@ fn pid1_under_the_hosts_proc_stops_no_stranger_when_the_program_ends() {
         assert!(!out.stderr.contains(stray), "conjure went after processes that are not its own ({stray:?})\n{out}");
     }
 }
+
+/// Under the host's `/proc` the program's listener shows under the program's host pid, which
+/// conjure cannot tell from a stranger's: it once failed its own program with "port N is
+/// already in use by pid X (readyprog)". With no process there that it could name, a listener
+/// at the address is the program's.
+#[test]
+fn pid1_under_the_hosts_proc_takes_the_listener_for_its_programs() {
+    if !is_root() {
+        say_skipped("needs root");
+        return;
+    }
+    let Some(unshare) = find_tool("unshare", "util-linux") else { return };
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let port = free_port().to_string();
+    let mut c = TestCommand::new(&unshare);
+    c.args(argv!["--pid", "--fork", "--kill-child", "--", conjure_bin(), "-f", "--ready-on"]);
+    c.args([format!("tcp:127.0.0.1:{port}")]).args(argv!["--", example_bin("readyprog"), "listen-tcp", &port]);
+    c.env("NOTIFY_SOCKET", &sup.path);
+    let running = c.spawn();
+    let Some(ready) = sup.receive(PATIENCE) else { panic!("no READY=1 within {PATIENCE:?}\n{}", running.kill()) };
+    assert_eq!(ready.text, "READY=1\n");
+    drop(running);
+    s.wait_no_process_left();
+}

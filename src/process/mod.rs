@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 pub use crate::sys::{Fork, fork};
 
 mod tree;
-pub(crate) use tree::{KILL_WAIT, OwnChild, Process, State, stat, timeout_until};
+pub(crate) use tree::{KILL_WAIT, OwnChild, Process, State, descends, fd_holders, holds_fd, stat, timeout_until};
 
 /// A raw wait status, as `waitpid(2)` reports it; inspect it with [`exited`], [`exit_code`],
 /// [`signaled`] and [`signal`].

@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,70 @@ pub(crate) fn all() -> Vec<Stat> {
     }
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
+}
+
+/// `pid` and its ancestors, nearest first, by parent links in `/proc` (none when `/proc` is not
+/// ours); at most 4096 of them, so a table changing underneath cannot make it loop.
+pub(crate) fn lineage(pid: i32) -> impl Iterator<Item = Stat> {
+    let mut next = (pid > 0).then_some(pid);
+    std::iter::from_fn(move || {
+        let s = stat(next?)?;
+        next = (s.ppid > 0 && s.ppid != s.pid).then_some(s.ppid);
+        Some(s)
+    })
+    .take(4096)
+}
+
+/// Whether `pid` descends from `ancestor` (its child, grandchild, …), by parent links in `/proc`.
+pub(crate) fn descends(pid: i32, ancestor: i32) -> bool {
+    lineage(pid).any(|s| s.ppid == ancestor)
+}
+
+/// Whether `pid` has an fd that `matches` (given the fd's `/proc/PID/fd/N` link). An error when
+/// its fds cannot be read: another user's process, a non-dumpable one, or any but this one when
+/// `/proc` is not ours ([`proc_is_ours`]: its pids are another namespace's); `Ok(false)` when
+/// it is gone. This process's own are read through `/proc/self`, which is right in any case.
+pub(crate) fn holds_fd(pid: i32, matches: impl Fn(&Path) -> bool) -> io::Result<bool> {
+    let dir = if pid == std::process::id() as i32 {
+        PathBuf::from("/proc/self/fd")
+    } else if proc_is_ours() {
+        PathBuf::from(format!("/proc/{pid}/fd"))
+    } else {
+        return Err(io::Error::other("/proc shows another PID namespace"));
+    };
+    let fds = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(fds.flatten().any(|fd| matches(&fd.path())))
+}
+
+/// What [`fd_holders`] found.
+#[derive(Debug, Default)]
+pub(crate) struct FdHolders {
+    /// The processes with a matching fd, in pid order.
+    pub found: Vec<i32>,
+    /// The processes whose fds could not be read.
+    pub unreadable: Vec<i32>,
+}
+
+/// Every process but this one with an fd that `matches` (see [`holds_fd`]), in one walk of
+/// `/proc/*/fd`; nothing when `/proc` is not ours.
+pub(crate) fn fd_holders(matches: impl Fn(&Path) -> bool) -> FdHolders {
+    let mut holders = FdHolders::default();
+    let me = std::process::id() as i32;
+    let Some(dir) = proc_is_ours().then(|| std::fs::read_dir("/proc").ok()).flatten() else { return holders };
+    let mut pids: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    for pid in pids.into_iter().filter(|p| *p != me) {
+        match holds_fd(pid, &matches) {
+            Ok(true) => holders.found.push(pid),
+            Ok(false) => {}
+            Err(_) => holders.unreadable.push(pid),
+        }
+    }
+    holders
 }
 
 /// What became of a program.
@@ -314,14 +379,7 @@ impl Process {
         let mut members: HashSet<i32> = HashSet::new();
         let mut zombies = Vec::new();
         for s in &table {
-            if s.pid == me {
-                continue;
-            }
-            let ours = (s.pid == self.pid && self.pid > 0)
-                || Some(s.session) == self.session
-                || Some(s.pgrp) == self.group
-                || (self.adopts && s.ppid == me && !own.contains(&s.pid));
-            if !ours {
+            if s.pid == me || !self.in_tree_by_itself(s, me, |pid| own.contains(&pid)) {
                 continue;
             }
             if s.dead() {
@@ -350,6 +408,31 @@ impl Process {
     /// The living members of the program's tree.
     pub(crate) fn members(&self) -> Vec<i32> {
         self.survey().0
+    }
+
+    /// Whether `s` belongs to the program's tree by itself, not as a descendant: the program,
+    /// a member of its session or group, or an orphan conjure adopted (`me`'s child, but none
+    /// of the children conjure started for itself, which `own` tells).
+    fn in_tree_by_itself(&self, s: &Stat, me: i32, own: impl Fn(i32) -> bool) -> bool {
+        (s.pid == self.pid && self.pid > 0)
+            || Some(s.session) == self.session
+            || Some(s.pgrp) == self.group
+            || (self.adopts && s.ppid == me && !own(s.pid))
+    }
+
+    /// Whether `pid` is in the program's tree as [`members`](Self::members) counts it (a
+    /// member's descendant is one): one walk up its parents, not a survey of every process,
+    /// and no allocation (it runs for every datagram relayed).
+    pub(crate) fn contains(&self, pid: i32) -> bool {
+        if pid <= 0 {
+            return false;
+        }
+        if pid == self.pid {
+            return true;
+        }
+        let me = std::process::id() as i32;
+        let own = |pid: i32| own().iter().any(|(p, _)| *p == pid);
+        lineage(pid).take_while(|s| s.pid != me).any(|s| self.in_tree_by_itself(&s, me, own))
     }
 
     /// Stops the program and its whole tree: `signal` to every member (and SIGCONT, so that a
@@ -570,6 +653,21 @@ mod tests {
         assert!(parse_stat(7, b"7 (x) Z").is_none());
         assert!(parse_stat(7, b"garbage").is_none());
         assert!(parse_stat(7, b"7 (x) Z 1 2 3").unwrap().dead());
+    }
+
+    #[test]
+    fn a_child_descends_and_belongs_to_its_tree_and_its_parent_does_not() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let tree = Process::child(pid, None, false).unwrap();
+        assert!(descends(pid, me));
+        assert!(!descends(me, pid));
+        assert!(tree.contains(pid));
+        assert!(!tree.contains(me), "the program's parent is not in its tree");
+        assert!(!tree.contains(0));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
