@@ -167,6 +167,36 @@ fn fd_source_waits_for_a_newline_on_that_fd() {
     assert!(d.proc().fds().contains_key(&5), "the program keeps its notification fd");
 }
 
+/// A program that closes its readiness fd without a newline will never be ready by it: conjure
+/// lets go of the pipe. It once swapped in a fresh pipe and kept both of its ends for the rest
+/// of its life.
+#[test]
+fn fd_source_closed_without_a_newline_leaves_conjure_holding_no_pipe() {
+    let s = Scratch::new();
+    let go = s.join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.01; done; exec 5>&-; exec sleep 30", go.display());
+    let mut c = TestCommand::conjure(["-f", "-p"]);
+    c.args([s.join("d.pid")]).args(["--ready-on", "fd:5", "--", "sh", "-c", &script]);
+    let running = c.spawn();
+    let conjure = running.pid();
+    let program = wait_until(PATIENCE, "the program", || children(conjure).first().copied());
+    let pipe = wait_until(PATIENCE, "the program's readiness fd", || Proc(program).fds().get(&5).cloned());
+    assert!(pipe.to_string_lossy().starts_with("pipe:"), "fd 5 is {}", pipe.display());
+    // Pipes conjure had before (its report pipe, one it inherited) are none of this test's
+    // business; one it takes after the program closed its fd is.
+    let pipes = || -> Vec<PathBuf> {
+        Proc(conjure).fds().into_values().filter(|t| t.to_string_lossy().starts_with("pipe:") && *t != pipe).collect()
+    };
+    let before = pipes();
+    std::fs::write(&go, "").unwrap();
+    wait_until(PATIENCE, "conjure to let go of the readiness pipe", || {
+        (!Proc(conjure).fds().values().any(|t| *t == pipe)).then_some(())
+    });
+    let new: Vec<PathBuf> = pipes().into_iter().filter(|p| !before.contains(p)).collect();
+    assert!(new.is_empty(), "conjure took pipes it has no use for: {new:?}");
+    drop(running);
+}
+
 #[test]
 fn fd_source_at_the_lowest_free_fd_does_not_collide_with_conjures_own_fds() {
     // With a pidfile, /dev/null and the report pipe, conjure's own fds would take 3, 4, 5, …

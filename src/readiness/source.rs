@@ -26,8 +26,10 @@ pub(crate) enum Armed {
     Exec,
     /// `READY=1` on the socket the event loop hosts.
     Notify,
+    /// `fd:N`: the pipe whose write end the program finds at `target`; the read end until
+    /// the program closed it without a newline.
     Fd {
-        read: OwnedFd,
+        read: Option<OwnedFd>,
         write: Option<OwnedFd>,
         target: RawFd,
     },
@@ -79,7 +81,7 @@ impl Armed {
                 );
                 nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))
                     .map_err(|e| DaemonizeError::sys("fcntl", e))?;
-                Armed::Fd { read, write: Some(write), target: *n }
+                Armed::Fd { read: Some(read), write: Some(write), target: *n }
             }
             Source::File(path) => {
                 let path = absolute(path)?;
@@ -143,7 +145,7 @@ impl Armed {
     /// The fd to poll, if the source has one now.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Armed::Fd { read, .. } => Some(read.as_fd()),
+            Armed::Fd { read, .. } => read.as_ref().map(AsFd::as_fd),
             Armed::File { inotify, .. } => Some(inotify.as_fd()),
             Armed::Cmd { running: Some(check), .. } => check.fd(),
             _ => None,
@@ -188,16 +190,14 @@ impl Armed {
     /// The source's fd became readable. `true` when that made it ready.
     pub(crate) fn readable(&mut self) -> Result<bool, DaemonizeError> {
         match self {
-            Armed::Fd { read, target, .. } => {
+            Armed::Fd { read: reading, target, .. } => {
+                let Some(read) = reading.as_ref() else { return Ok(false) };
                 let mut buf = [0u8; 512];
                 match nix::unistd::read(read.as_fd(), &mut buf) {
                     Ok(0) => {
                         tracing::debug!(fd = *target, "the program closed its readiness fd without a newline");
-                        // Keep it out of the poll set: replace it by a pipe nobody writes to.
-                        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                            .map_err(|e| DaemonizeError::sys("pipe2", e))?;
-                        std::mem::forget(w);
-                        *read = r;
+                        // Nothing more can come: out of the poll set, and closed.
+                        *reading = None;
                         Ok(false)
                     }
                     // Only whether a newline came matters: nothing is kept, whatever the program writes.
