@@ -12,8 +12,8 @@ use std::os::fd::RawFd;
 use sd_notify::NotifyState;
 
 use crate::error::DaemonizeError;
-use crate::readiness::Sink;
 use crate::readiness::relay;
+use crate::readiness::{FIRST_NOTIFICATION_FD, Sink};
 
 /// Reports "ready" through `sink`. `mainpid` is sent when the main process is not the one
 /// notifying (the launcher exits and the program stays); `status` is the program's last
@@ -50,7 +50,8 @@ fn write_newline_and_close(n: RawFd) -> Result<(), DaemonizeError> {
 /// Checks before the fork that a sink can work: the fd of `fd:N` is open.
 pub(crate) fn validate(sink: Sink) -> Result<(), DaemonizeError> {
     match sink {
-        Sink::Fd(n) if n < 3 || !crate::sys::fd_is_open(n) => {
+        // A sink the library was given as a value, not parsed, may name stdio.
+        Sink::Fd(n) if n < FIRST_NOTIFICATION_FD || !crate::sys::fd_is_open(n) => {
             Err(DaemonizeError::invalid(format!("invalid readiness sink `fd:{n}`: fd {n} is not open (or is stdio)")))
         }
         _ => Ok(()),
