@@ -33,11 +33,18 @@ pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> R
             if relay::supervisor_address().is_none() {
                 tracing::warn!("readiness sink is notify, but NOTIFY_SOCKET is not set: nobody to tell");
             }
-            relay::notify_supervisor(&states)
-                .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
+            notify(&states)
         }
         Sink::Fd(n) => write_newline_and_close(n),
     }
+}
+
+/// Sends `states` to the supervisor (`NOTIFY_SOCKET`) from a process that does not stay to
+/// relay (a background launcher, the library's original process, a library daemon): nothing
+/// set is success, as with sd_notify(3).
+pub(crate) fn notify(states: &[NotifyState<'_>]) -> Result<(), DaemonizeError> {
+    relay::notify_supervisor(states)
+        .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
 }
 
 /// s6's convention: one newline on fd `n`, then the fd is closed.
