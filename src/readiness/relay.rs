@@ -660,10 +660,24 @@ impl Upstream {
     }
 }
 
+/// A relay to test with: it hosts a fresh socket and relays to a supervisor's socket bound in
+/// `dir`. Returns it, the supervisor's socket (non-blocking) and a socket connected to the
+/// hosted one, to send as the program would.
+#[cfg(test)]
+pub(crate) fn relaying_in(dir: &std::path::Path) -> (Relay, UnixDatagram, UnixDatagram) {
+    let path = dir.join("sup");
+    let sup = UnixDatagram::bind(&path).unwrap();
+    sup.set_nonblocking(true).unwrap();
+    let host = NotifyHost::bind().unwrap();
+    let addr = SocketAddr::from_abstract_name(&host.env_value().as_bytes()[1..]).unwrap();
+    let sender = UnixDatagram::unbound().unwrap();
+    sender.connect_addr(&addr).unwrap();
+    (Relay::new(Some(host), Some(Upstream::new(path.into_os_string()))), sup, sender)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::readiness::notify::NotifyHost;
 
     fn read(bytes: &[u8], ready_sent: bool) -> (Option<String>, Heard, Option<String>) {
         let mut out = Vec::new();
@@ -714,19 +728,10 @@ mod tests {
     /// dropped here, and the fd it carried is closed.
     #[test]
     fn a_datagram_longer_than_systemd_reads_is_dropped_with_its_fds() {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::SocketAddr;
         // systemd's own limit, whatever conjure's buffer.
         const NOTIFY_BUFFER_MAX: usize = 4096;
         let dir = tempfile::tempdir().unwrap();
-        let sup_path = dir.path().join("sup");
-        let sup = UnixDatagram::bind(&sup_path).unwrap();
-        sup.set_nonblocking(true).unwrap();
-        let host = NotifyHost::bind().unwrap();
-        let addr = SocketAddr::from_abstract_name(&host.env_value().as_bytes()[1..]).unwrap();
-        let mut relay = Relay::new(Some(host), Some(Upstream::new(sup_path.into_os_string())));
-        let sender = UnixDatagram::unbound().unwrap();
-        sender.connect_addr(&addr).unwrap();
+        let (mut relay, sup, sender) = relaying_in(dir.path());
         let status = |len: usize| [b"STATUS=".as_slice(), &vec![b'x'; len - 7]].concat();
         // A file only this test opens: whether any fd of this process still points at it.
         let marked = dir.path().join("passed");
