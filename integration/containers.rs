@@ -310,6 +310,16 @@ fn kubernetes_probe_conjure_status_answers_3_until_the_program_listens_then_0() 
     s.wait_no_process_left();
 }
 
+/// `unshare`, when this test may use it: as root, and installed (else the test is skipped,
+/// saying why).
+fn unshare_as_root() -> Option<PathBuf> {
+    if !is_root() {
+        say_skipped("needs root");
+        return None;
+    }
+    find_tool("unshare", "util-linux")
+}
+
 /// conjure as PID 1 of a PID namespace that has no `/proc` of its own (`unshare --pid --fork`
 /// without `--mount-proc`) sees the host's `/proc`. It once took every host process whose
 /// parent is the host's init for an orphan of its own: when the program ended it signalled
@@ -317,11 +327,7 @@ fn kubernetes_probe_conjure_status_answers_3_until_the_program_listens_then_0() 
 /// period twice (15 s for a program that exits at once). It must stop nothing and end at once.
 #[test]
 fn pid1_under_the_hosts_proc_stops_no_stranger_when_the_program_ends() {
-    if !is_root() {
-        say_skipped("needs root");
-        return;
-    }
-    let Some(unshare) = find_tool("unshare", "util-linux") else { return };
+    let Some(unshare) = unshare_as_root() else { return };
     // The premise: in such a namespace, /proc/self is not conjure's pid 1.
     let premise =
         TestCommand::new(&unshare).args(["--pid", "--fork", "--kill-child", "--", "readlink", "/proc/self"]).run();
@@ -334,4 +340,25 @@ fn pid1_under_the_hosts_proc_stops_no_stranger_when_the_program_ends() {
     for stray in ["stopping what is left", "cannot signal", "survived"] {
         assert!(!out.stderr.contains(stray), "conjure went after processes that are not its own ({stray:?})\n{out}");
     }
+}
+
+/// Under the host's `/proc` the program's listener shows under the program's host pid, which
+/// conjure cannot tell from a stranger's: it once failed its own program with "port N is
+/// already in use by pid X (readyprog)". With no process there that it could name, a listener
+/// at the address is the program's.
+#[test]
+fn pid1_under_the_hosts_proc_takes_the_listener_for_its_programs() {
+    let Some(unshare) = unshare_as_root() else { return };
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let port = free_port().to_string();
+    let mut c = TestCommand::new(&unshare);
+    c.args(argv!["--pid", "--fork", "--kill-child", "--", conjure_bin(), "-f", "--ready-on"]);
+    c.args([format!("tcp:127.0.0.1:{port}")]).args(argv!["--", example_bin("readyprog"), "listen-tcp", &port]);
+    c.env("NOTIFY_SOCKET", &sup.path);
+    let running = c.spawn();
+    let Some(ready) = sup.receive(PATIENCE) else { panic!("no READY=1 within {PATIENCE:?}\n{}", running.kill()) };
+    assert_eq!(ready.text, "READY=1\n");
+    drop(running);
+    s.wait_no_process_left();
 }

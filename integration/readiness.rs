@@ -167,6 +167,36 @@ fn fd_source_waits_for_a_newline_on_that_fd() {
     assert!(d.proc().fds().contains_key(&5), "the program keeps its notification fd");
 }
 
+/// A program that closes its readiness fd without a newline will never be ready by it: conjure
+/// lets go of the pipe. It once swapped in a fresh pipe and kept both of its ends for the rest
+/// of its life.
+#[test]
+fn fd_source_closed_without_a_newline_leaves_conjure_holding_no_pipe() {
+    let s = Scratch::new();
+    let go = s.join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.01; done; exec 5>&-; exec sleep 30", go.display());
+    let mut c = TestCommand::conjure(["-f", "-p"]);
+    c.args([s.join("d.pid")]).args(["--ready-on", "fd:5", "--", "sh", "-c", &script]);
+    let running = c.spawn();
+    let conjure = running.pid();
+    let program = wait_until(PATIENCE, "the program", || children(conjure).first().copied());
+    let pipe = wait_until(PATIENCE, "the program's readiness fd", || Proc(program).fds().get(&5).cloned());
+    assert!(pipe.to_string_lossy().starts_with("pipe:"), "fd 5 is {}", pipe.display());
+    // Pipes conjure had before (its report pipe, one it inherited) are none of this test's
+    // business; one it takes after the program closed its fd is.
+    let pipes = || -> Vec<PathBuf> {
+        Proc(conjure).fds().into_values().filter(|t| t.to_string_lossy().starts_with("pipe:") && *t != pipe).collect()
+    };
+    let before = pipes();
+    std::fs::write(&go, "").unwrap();
+    wait_until(PATIENCE, "conjure to let go of the readiness pipe", || {
+        (!Proc(conjure).fds().values().any(|t| *t == pipe)).then_some(())
+    });
+    let new: Vec<PathBuf> = pipes().into_iter().filter(|p| !before.contains(p)).collect();
+    assert!(new.is_empty(), "conjure took pipes it has no use for: {new:?}");
+    drop(running);
+}
+
 #[test]
 fn fd_source_at_the_lowest_free_fd_does_not_collide_with_conjures_own_fds() {
     // With a pidfile, /dev/null and the report pipe, conjure's own fds would take 3, 4, 5, …
@@ -198,6 +228,27 @@ fn cmd_source_waits_for_the_command_to_succeed() {
     let _d = Daemon::from_pidfile(&s.join("d.pid"));
 }
 
+/// Resident conjure reaps the orphans it adopts with `waitpid(-1)`, which takes whichever
+/// child ended, a `cmd:` check's too. Without pidfds (before Linux 5.3) the loop learns of the
+/// check's end from SIGCHLD, and reaped it as an orphan every time: the check never finished,
+/// and the program never became ready.
+#[test]
+fn a_cmd_source_becomes_ready_while_resident_conjure_reaps_orphans_without_pidfds() {
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let file = s.join("ready-file");
+    let mut c = TestCommand::conjure_without_pidfds(["-f", "-p"]);
+    c.args([s.join("d.pid")]).args(["--ready-on", &format!("cmd:test -e {}", file.display()), "--ready-timeout", "5s"]);
+    c.args(["--".into(), readyprog(), "--marker".into(), s.join("marker")]);
+    c.args(["--orphan", "100", "--delay", "300", "touch"]).args([&file]);
+    c.env("NOTIFY_SOCKET", &sup.path);
+    let running = c.spawn();
+    let Some(ready) = sup.receive(PATIENCE) else { panic!("no READY=1 within {PATIENCE:?}\n{}", running.kill()) };
+    assert_eq!(ready.text, "READY=1\n");
+    assert_ready_in_order(&s);
+    drop(running);
+}
+
 #[test]
 fn bad_readiness_values_exit_64_and_start_nothing() {
     for flags in [
@@ -213,6 +264,25 @@ fn bad_readiness_values_exit_64_and_start_nothing() {
         let s = Scratch::new();
         let out = launch(&s, flags, 0, &["never"]).run();
         out.assert_code(64);
+        assert!(!s.join("d.pid").exists(), "pidfile created for {flags:?}");
+        s.wait_no_process_left();
+    }
+}
+
+/// A host that does not resolve is a usage error before anything starts, naming the host; it
+/// was a timeout 90 s later (and a resolver queried inside the event loop on every probe).
+#[test]
+fn a_tcp_host_that_does_not_resolve_exits_64_at_once_naming_it() {
+    for flags in [
+        &["--ready-on", "tcp:nonexistent.invalid:80"][..],
+        &["-f", "--watchdog", "tcp:nonexistent.invalid:80", "--watchdog-timeout", "1s"],
+    ] {
+        let s = Scratch::new();
+        let started = Instant::now();
+        let out = launch(&s, flags, 0, &["never"]).run();
+        out.assert_code(64);
+        assert!(out.one_line_of_stderr().contains("`nonexistent.invalid`"), "{out}");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
         assert!(!s.join("d.pid").exists(), "pidfile created for {flags:?}");
         s.wait_no_process_left();
     }

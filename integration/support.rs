@@ -437,6 +437,14 @@ impl TestCommand {
         c
     }
 
+    /// `conjure ARGS` on a kernel without pidfds, as far as conjure can tell: `testprog wrap
+    /// --no-pidfd` makes `pidfd_open` fail with ENOSYS, as before Linux 5.3.
+    pub fn conjure_without_pidfds<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(args: I) -> TestCommand {
+        let mut c = TestCommand::new(testprog());
+        c.args(["wrap", "--no-pidfd", "--"]).args([conjure_bin()]).args(args);
+        c
+    }
+
     /// Adds arguments.
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(&mut self, args: I) -> &mut Self {
         for a in args {
@@ -892,29 +900,38 @@ impl FakeSupervisor {
     pub fn receive(&self, timeout: Duration) -> Option<Message> {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        self.sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).unwrap();
+        let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 65536];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut cmsg = nix::cmsg_space!(UnixCredentials, [std::os::fd::RawFd; 253]);
-        let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EAGAIN) => return None,
-            Err(e) => panic!("recvmsg on the fake supervisor: {e}"),
-        };
-        let mut pid = None;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().expect("control data fits") {
-            match c {
-                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
-                // SAFETY: the kernel just installed these fds for us; nothing else owns them.
-                ControlMessageOwned::ScmRights(raw) => {
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            self.sock.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let flags = MsgFlags::MSG_CMSG_CLOEXEC;
+            let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN) => return None,
+                // A receive with a timeout is not restarted once this process was stopped and
+                // continued (or frozen and thawed): what is left of the timeout is waited again.
+                Err(nix::errno::Errno::EINTR) if !left.is_zero() => continue,
+                Err(nix::errno::Errno::EINTR) => return None,
+                Err(e) => panic!("recvmsg on the fake supervisor: {e}"),
+            };
+            let mut pid = None;
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().expect("control data fits") {
+                match c {
+                    ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                    // SAFETY: the kernel just installed these fds for us; nothing else owns them.
+                    ControlMessageOwned::ScmRights(raw) => {
+                        fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }))
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
+            let n = msg.bytes;
+            return Some(Message { text: String::from_utf8_lossy(&buf[..n]).into_owned(), pid, fds });
         }
-        let n = msg.bytes;
-        Some(Message { text: String::from_utf8_lossy(&buf[..n]).into_owned(), pid, fds })
     }
 
     /// Datagrams until one contains `needle`; returns all of them.

@@ -57,6 +57,25 @@ fn watchdog_pings_while_the_check_passes_and_stops_within_an_interval_after_it_f
     drop(running);
 }
 
+/// Without pidfds, resident conjure's orphan reaper took the `cmd:` check's child before the
+/// watchdog looked at it: every check that passed counted as failed, and nothing was pinged.
+#[test]
+fn a_passing_cmd_check_pings_while_conjure_reaps_orphans_without_pidfds() {
+    let s = Scratch::new();
+    let sup = FakeSupervisor::new(&s);
+    let mut c = TestCommand::conjure_without_pidfds(["-f", "-p"]);
+    c.args([s.join("d.pid")]).args(["--watchdog", "cmd:true", "--"]).args([example_bin("readyprog")]);
+    c.args(["--orphan", "50", "never"]);
+    c.env("NOTIFY_SOCKET", &sup.path).env("WATCHDOG_USEC", "200000");
+    let running = c.spawn();
+    assert_eq!(sup.next(), "READY=1\n");
+    for _ in 0..3 {
+        let Some(m) = sup.receive(PATIENCE) else { panic!("no WATCHDOG=1 within {PATIENCE:?}\n{}", running.kill()) };
+        assert_eq!(m.text, "WATCHDOG=1\n");
+    }
+    drop(running);
+}
+
 #[test]
 fn watchdog_timeout_stops_the_program_and_exits_70_saying_so() {
     let s = Scratch::new();

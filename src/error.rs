@@ -144,7 +144,7 @@ pub enum DaemonizeError {
     /// A signal (INT, TERM, HUP or QUIT) interrupted the start before the program was ready;
     /// the program and its descendants were stopped. A command-line launcher dies of the same
     /// signal after saying so ([`DaemonizeError::signal`]).
-    #[error("interrupted by {} before `{program}` was ready; stopped it", crate::readiness::source::signal_name(*signal))]
+    #[error("interrupted by {} before `{program}` was ready; stopped it", crate::process::signal_name(*signal))]
     Interrupted {
         /// The signal.
         signal: i32,

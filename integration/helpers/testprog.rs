@@ -26,6 +26,8 @@
 //!     --listen-pid        set LISTEN_PID to this process's pid (which CMD keeps after exec)
 //!     --report FILE       write "pid", "sid", "tty_nr", "SigIgn", "SigBlk" and "fd N TARGET"
 //!                         lines about this process to FILE, just before exec
+//!     --no-pidfd          make pidfd_open fail with ENOSYS for CMD and everything it starts
+//!                         (a seccomp filter): a kernel before 5.3, as far as CMD can tell
 //! ```
 //!
 //! Every sleeping mode writes its files completely (write to a temporary name, then rename), so
@@ -303,6 +305,10 @@ fn wrap(args: &[OsString]) {
                 report = Some(value());
                 i += 2;
             }
+            "--no-pidfd" => {
+                deny_pidfd_open();
+                i += 1;
+            }
             _ => usage(),
         }
     }
@@ -341,4 +347,34 @@ fn wrap(args: &[OsString]) {
     eprintln!("testprog: exec {:?}: {}", command[0], std::io::Error::last_os_error());
     let _ = std::io::stderr().flush();
     std::process::exit(127);
+}
+
+/// Installs a seccomp filter under which `pidfd_open` fails with ENOSYS, as on kernels before
+/// 5.3; inherited by everything this process execs and starts. The syscall number is the same
+/// on every architecture (new syscalls share one table since 5.1), so the filter does not look
+/// at the architecture.
+fn deny_pidfd_open() {
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let filter = [
+        // The syscall number: offset 0 of `struct seccomp_data`.
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_pidfd_open as u32,
+        },
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr().cast_mut() };
+    // SAFETY: plain prctl calls; `prog` points at `filter`, which outlives them (the kernel
+    // copies the program).
+    let ok = unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) == 0
+    };
+    if !ok {
+        panic!("testprog: seccomp: {}", std::io::Error::last_os_error());
+    }
 }

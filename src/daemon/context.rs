@@ -111,8 +111,7 @@ impl DaemonContext {
         // Until the launcher is told, it is the main process, and says it for the daemon.
         let launcher_relays = self.report.is_some() && !self.config.foreground;
         if self.config.readiness_sink() == Sink::Notify && !launcher_relays {
-            crate::readiness::relay::notify_supervisor(&[sd_notify::NotifyState::Status(text)])
-                .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })?;
+            crate::readiness::sink::notify(&[sd_notify::NotifyState::Status(text)])?;
         }
         if let Some(fd) = &self.report {
             report::send(fd, &Record::Status(text.to_string()))

@@ -242,20 +242,11 @@ fn targets(found: &Inspection) -> Vec<i32> {
 
 /// The holders that no other holder descends from: stopping each with its tree stops all.
 fn roots(holders: Vec<i32>) -> Vec<i32> {
-    holders.iter().copied().filter(|h| !holders.iter().any(|other| other != h && descends(*h, *other))).collect()
-}
-
-/// Whether `pid` descends from `ancestor`, by parent links in `/proc`.
-fn descends(pid: i32, ancestor: i32) -> bool {
-    let mut p = pid;
-    for _ in 0..4096 {
-        match crate::process::stat(p).map(|s| s.ppid) {
-            Some(pp) if pp == ancestor => return true,
-            Some(pp) if pp > 1 && pp != p => p = pp,
-            _ => return false,
-        }
-    }
-    false
+    holders
+        .iter()
+        .copied()
+        .filter(|h| !holders.iter().any(|other| other != h && crate::process::descends(*h, *other)))
+        .collect()
 }
 
 /// Processes (not this one) with an fd on the open file description that holds `file`'s
@@ -263,24 +254,12 @@ fn descends(pid: i32, ancestor: i32) -> bool {
 /// file description, so a process that merely opened the file is not among them.
 pub(crate) fn lock_holders(file: &File) -> Vec<i32> {
     let Ok(target) = file.metadata() else { return Vec::new() };
-    let me = std::process::id() as i32;
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut holders = Vec::new();
-    for pid in procs.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()) {
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        let holds = fds.flatten().any(|fd| {
-            let same = std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino());
-            same && std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy()))
-                .is_ok_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains("FLOCK")))
-        });
-        if holds && alive(pid) {
-            holders.push(pid);
-        }
-    }
-    holders
+    let holds_lock = |fd: &Path| {
+        let info = || std::fs::read_to_string(fd.parent()?.parent()?.join("fdinfo").join(fd.file_name()?)).ok();
+        std::fs::metadata(fd).is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+            && info().is_some_and(|info| info.lines().any(|l| l.starts_with("lock:") && l.contains("FLOCK")))
+    };
+    crate::process::fd_holders(holds_lock).found.into_iter().filter(|p| alive(*p)).collect()
 }
 
 /// Whether `pid` runs: it exists and is not a zombie waiting for its parent to reap it.

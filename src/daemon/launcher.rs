@@ -29,10 +29,10 @@ use crate::daemon::resident::Resident;
 use crate::daemon::watch::{Event, Signals, Watch, interrupts_start};
 use crate::daemon::{PidfileMode, Prepared, cstring, reap};
 use crate::error::{DaemonizeError, why};
-use crate::process::{Process, State};
+use crate::process::{Process, State, describe_status};
 use crate::readiness::notify::{self, NotifyHost};
 use crate::readiness::relay::{self, Relay, Upstream, WatchdogEnv};
-use crate::readiness::source::{self, Armed, describe_status, waited};
+use crate::readiness::source::{Armed, waited};
 use crate::readiness::watchdog::Watchdog;
 use crate::readiness::{Sink, SinkChoice, Source, sink};
 use crate::sys::{self, ChildPlan, ExecPlan};
@@ -293,16 +293,17 @@ impl Launcher {
             }));
         }
         tracing::debug!(?sink, resident, foreground, "mode chosen");
-        // An address the program is to listen on that someone else holds already: nothing is
-        // started, nothing is touched.
-        source::check_free(&self.source)?;
+        // The source armed (a host resolved, a path made absolute), and an address the program
+        // is to listen on that someone else holds already refused: nothing is started, nothing
+        // is touched.
+        let mut armed = Armed::arm(&self.source)?;
+        armed.check_free()?;
         // Children whose statuses the kernel throws away cannot be waited for.
         sys::make_children_waitable()
             .map_err(|source| DaemonizeError::SystemError { call: "sigaction(SIGCHLD)", source })?;
 
         let mode = if sink == Sink::Pidfile { PidfileMode::Atomic } else { PidfileMode::Direct };
         let mut prepared = Prepared::new(validated, mode)?;
-        let armed = Armed::arm(&self.source).map_err(|e| prepared.abandon(e))?;
         // Resident conjure notifying as the main process relays what the program says over
         // sd_notify, which must come through conjure to count (and feeds the supervisor's
         // watchdog, with --watchdog).

@@ -35,7 +35,7 @@ pub use context::DaemonContext;
 use crate::config::{DaemonConfig, Validated};
 use crate::error::DaemonizeError;
 use crate::process::Process;
-use crate::readiness::Sink;
+use crate::readiness::{Sink, sink};
 use crate::sys::{self, ChildPlan, Failure, Stage};
 use ids::Identity;
 use pidfile::{Guard, Role};
@@ -418,18 +418,11 @@ pub(crate) fn daemonize_impl(
 /// (`NotifyAccess=main` takes nothing from the daemon before then).
 fn wait_for_library_daemon(watch: &mut Watch, prepared: &Prepared) -> Result<(), DaemonizeError> {
     let notify = prepared.config.readiness_sink() == Sink::Notify;
-    let tell = |states: &[sd_notify::NotifyState<'_>]| {
-        crate::readiness::relay::notify_supervisor(states)
-            .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
-    };
     loop {
         match watch.next()? {
-            Event::DaemonReady if notify => {
-                let pid = u32::try_from(watch.process.pid()).unwrap_or_default();
-                return tell(&[sd_notify::NotifyState::MainPid(pid), sd_notify::NotifyState::Ready]);
-            }
+            Event::DaemonReady if notify => return sink::ready(Sink::Notify, Some(watch.process.pid()), None),
             Event::DaemonReady => return Ok(()),
-            Event::DaemonStatus(s) if notify => tell(&[sd_notify::NotifyState::Status(&s)])?,
+            Event::DaemonStatus(s) if notify => sink::notify(&[sd_notify::NotifyState::Status(&s)])?,
             Event::DaemonStatus(s) => tracing::info!(status = %s, "daemon status"),
             Event::DaemonError { code, message } => return Err(DaemonizeError::Reported { code, message }),
             Event::Failed(f) => return Err(prepared.failure_error(f, None)),

@@ -288,9 +288,8 @@ impl Watch {
 
     /// Stops watching the readiness source (it said ready, or the wait is over).
     pub(crate) fn disarm(&mut self) {
-        if let Some(mut s) = self.source.take() {
-            s.disarm();
-        }
+        // A `cmd:` check still running is killed as it is dropped.
+        self.source = None;
         self.deadline = None;
         self.next_probe = None;
         self.tick = None;
@@ -594,25 +593,10 @@ impl<'a> PollSet<'a> {
     }
 }
 
-/// Whether `sender` belongs to the program: the program, a descendant, or (resident) an
-/// orphan of its that conjure adopted.
+/// Whether `sender` belongs to the program's tree (see [`Process::contains`]), once the
+/// program's pid is known.
 fn owns(process: &Process, sender: i32) -> bool {
-    let program = process.pid();
-    if program <= 0 {
-        return false;
-    }
-    let me = std::process::id() as i32;
-    let mut p = sender;
-    for _ in 0..4096 {
-        if p == program || (p != sender && p == me && process.reaps_all()) {
-            return true;
-        }
-        match crate::process::stat(p).map(|s| s.ppid) {
-            Some(pp) if pp > 0 && pp != p => p = pp,
-            _ => return false,
-        }
-    }
-    false
+    process.pid() > 0 && process.contains(sender)
 }
 
 fn read_error(source: io::Error) -> DaemonizeError {

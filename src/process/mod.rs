@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 pub use crate::sys::{Fork, fork};
 
 mod tree;
-pub(crate) use tree::{KILL_WAIT, Process, State, stat, timeout_until};
+pub(crate) use tree::{KILL_WAIT, OwnChild, Process, State, descends, fd_holders, holds_fd, stat, timeout_until};
 
 /// A raw wait status, as `waitpid(2)` reports it; inspect it with [`exited`], [`exit_code`],
 /// [`signaled`] and [`signal`].
@@ -155,4 +155,44 @@ pub fn parse_signal(text: &str) -> Result<i32, String> {
         return format!("SIG{name}").parse::<nix::sys::signal::Signal>().map(|s| s as i32).map_err(|_| bad());
     };
     rt.filter(|n| (min..=max).contains(n)).ok_or_else(bad)
+}
+
+/// "exited with status 3", "was killed by signal 9 (SIGKILL)".
+pub(crate) fn describe_status(status: WaitStatus) -> String {
+    if let Some(code) = exit_code(status) {
+        format!("exited with status {code}")
+    } else if let Some(sig) = signal(status) {
+        format!("was killed by signal {sig} ({})", signal_name(sig))
+    } else {
+        format!("changed state ({status:#x})")
+    }
+}
+
+/// `SIGTERM`, `SIGRTMIN+3`, or `signal 99`.
+pub(crate) fn signal_name(sig: i32) -> String {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
+        return s.as_str().to_string();
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if (min..=max).contains(&sig) {
+        return if sig - min <= max - sig {
+            format!("SIGRTMIN+{}", sig - min)
+        } else {
+            format!("SIGRTMAX-{}", max - sig)
+        };
+    }
+    format!("signal {sig}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_are_named_real_time_ones_too() {
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
+        assert_eq!(signal_name(libc::SIGRTMAX()), "SIGRTMAX-0");
+        assert_eq!(signal_name(99), "signal 99");
+    }
 }

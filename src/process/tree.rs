@@ -20,6 +20,8 @@ use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -126,6 +128,70 @@ pub(crate) fn all() -> Vec<Stat> {
     }
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).filter_map(stat).collect()
+}
+
+/// `pid` and its ancestors, nearest first, by parent links in `/proc` (none when `/proc` is not
+/// ours); at most 4096 of them, so a table changing underneath cannot make it loop.
+pub(crate) fn lineage(pid: i32) -> impl Iterator<Item = Stat> {
+    let mut next = (pid > 0).then_some(pid);
+    std::iter::from_fn(move || {
+        let s = stat(next?)?;
+        next = (s.ppid > 0 && s.ppid != s.pid).then_some(s.ppid);
+        Some(s)
+    })
+    .take(4096)
+}
+
+/// Whether `pid` descends from `ancestor` (its child, grandchild, …), by parent links in `/proc`.
+pub(crate) fn descends(pid: i32, ancestor: i32) -> bool {
+    lineage(pid).any(|s| s.ppid == ancestor)
+}
+
+/// Whether `pid` has an fd that `matches` (given the fd's `/proc/PID/fd/N` link). An error when
+/// its fds cannot be read: another user's process, a non-dumpable one, or any but this one when
+/// `/proc` is not ours ([`proc_is_ours`]: its pids are another namespace's); `Ok(false)` when
+/// it is gone. This process's own are read through `/proc/self`, which is right in any case.
+pub(crate) fn holds_fd(pid: i32, matches: impl Fn(&Path) -> bool) -> io::Result<bool> {
+    let dir = if pid == std::process::id() as i32 {
+        PathBuf::from("/proc/self/fd")
+    } else if proc_is_ours() {
+        PathBuf::from(format!("/proc/{pid}/fd"))
+    } else {
+        return Err(io::Error::other("/proc shows another PID namespace"));
+    };
+    let fds = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(fds.flatten().any(|fd| matches(&fd.path())))
+}
+
+/// What [`fd_holders`] found.
+#[derive(Debug, Default)]
+pub(crate) struct FdHolders {
+    /// The processes with a matching fd, in pid order.
+    pub found: Vec<i32>,
+    /// The processes whose fds could not be read.
+    pub unreadable: Vec<i32>,
+}
+
+/// Every process but this one with an fd that `matches` (see [`holds_fd`]), in one walk of
+/// `/proc/*/fd`; nothing when `/proc` is not ours.
+pub(crate) fn fd_holders(matches: impl Fn(&Path) -> bool) -> FdHolders {
+    let mut holders = FdHolders::default();
+    let me = std::process::id() as i32;
+    let Some(dir) = proc_is_ours().then(|| std::fs::read_dir("/proc").ok()).flatten() else { return holders };
+    let mut pids: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    pids.sort_unstable();
+    for pid in pids.into_iter().filter(|p| *p != me) {
+        match holds_fd(pid, &matches) {
+            Ok(true) => holders.found.push(pid),
+            Ok(false) => {}
+            Err(_) => holders.unreadable.push(pid),
+        }
+    }
+    holders
 }
 
 /// What became of a program.
@@ -286,7 +352,8 @@ impl Process {
     }
 
     /// Reaps every child conjure has that exited (resident conjure, as PID 1 or subreaper),
-    /// noting the program's status when it is among them. Does nothing unless conjure adopts.
+    /// noting the program's status when it is among them, and keeping an [`OwnChild`]'s for
+    /// it. Does nothing unless conjure adopts.
     pub(crate) fn reap_orphans(&mut self) {
         if !self.adopts {
             return;
@@ -295,11 +362,13 @@ impl Process {
             let mut status = 0;
             match sys::waitpid_raw(-1, &mut status, libc::WNOHANG) {
                 Ok(0) => return,
-                Ok(pid) => {
-                    if pid == self.pid && self.ended.is_none() {
+                Ok(pid) if pid == self.pid => {
+                    if self.ended.is_none() {
                         self.ended = Some(Some(status));
                     }
                 }
+                // `waitpid(-1)` takes whichever child ended, one conjure waits for itself too.
+                Ok(pid) => keep_for_owner(pid, status),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return,
             }
@@ -311,17 +380,11 @@ impl Process {
     fn survey(&self) -> (Vec<i32>, Vec<i32>) {
         let me = std::process::id() as i32;
         let table = all();
+        let own = own_children();
         let mut members: HashSet<i32> = HashSet::new();
         let mut zombies = Vec::new();
         for s in &table {
-            if s.pid == me {
-                continue;
-            }
-            let ours = (s.pid == self.pid && self.pid > 0)
-                || Some(s.session) == self.session
-                || Some(s.pgrp) == self.group
-                || (self.adopts && s.ppid == me);
-            if !ours {
+            if s.pid == me || !self.in_tree_by_itself(s, me, |pid| own.contains(&pid)) {
                 continue;
             }
             if s.dead() {
@@ -347,9 +410,29 @@ impl Process {
         (members.into_iter().collect(), zombies)
     }
 
-    /// The living members of the program's tree.
-    pub(crate) fn members(&self) -> Vec<i32> {
-        self.survey().0
+    /// Whether `s` belongs to the program's tree by itself, not as a descendant: the program,
+    /// a member of its session or group, or an orphan conjure adopted (`me`'s child, but none
+    /// of the children conjure started for itself, which `own` tells).
+    fn in_tree_by_itself(&self, s: &Stat, me: i32, own: impl Fn(i32) -> bool) -> bool {
+        (s.pid == self.pid && self.pid > 0)
+            || Some(s.session) == self.session
+            || Some(s.pgrp) == self.group
+            || (self.adopts && s.ppid == me && !own(s.pid))
+    }
+
+    /// Whether `pid` is in the program's tree as [`members`](Self::members) counts it (a
+    /// member's descendant is one): one walk up its parents, not a survey of every process,
+    /// and no allocation (it runs for every datagram relayed).
+    pub(crate) fn contains(&self, pid: i32) -> bool {
+        if pid <= 0 {
+            return false;
+        }
+        if pid == self.pid {
+            return true;
+        }
+        let me = std::process::id() as i32;
+        let own = |pid: i32| own().iter().any(|(p, _)| *p == pid);
+        lineage(pid).take_while(|s| s.pid != me).any(|s| self.in_tree_by_itself(&s, me, own))
     }
 
     /// Stops the program and its whole tree: `signal` to every member (and SIGCONT, so that a
@@ -435,6 +518,110 @@ impl Process {
     }
 }
 
+/// The children conjure started for itself ([`OwnChild`]), by pid, with the status the orphan
+/// reaper collected for one that ended before its owner looked.
+static OWN: Mutex<Vec<(i32, Option<WaitStatus>)>> = Mutex::new(Vec::new());
+
+fn own() -> MutexGuard<'static, Vec<(i32, Option<WaitStatus>)>> {
+    // A panic elsewhere cannot leave the list half-changed: each change is one push or remove.
+    OWN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The pids of the [`OwnChild`]ren alive.
+fn own_children() -> Vec<i32> {
+    own().iter().map(|(pid, _)| *pid).collect()
+}
+
+/// The reaper took child `pid`: when it is an [`OwnChild`], its status is kept for its owner.
+fn keep_for_owner(pid: i32, status: WaitStatus) {
+    if let Some(entry) = own().iter_mut().find(|(p, _)| *p == pid) {
+        entry.1 = Some(status);
+    }
+}
+
+/// The status the reaper kept for [`OwnChild`] `pid`, if it took it.
+fn kept_for(pid: i32) -> Option<WaitStatus> {
+    own().iter().find(|(p, _)| *p == pid).and_then(|(_, status)| *status)
+}
+
+/// A child conjure started for itself (a `cmd:` check), not the program's: its pid and pidfd.
+///
+/// Resident conjure reaps its adopted orphans with `waitpid(-1)`, which takes whichever child
+/// ended, this one too (always without pidfds, where the loop learns of its end from SIGCHLD;
+/// otherwise when it ends between a `poll` and the reaping). Its owner, asking by pid, would
+/// then never learn that it ended, and would signal a pid that may have been reused. So an
+/// `OwnChild` is listed while it lives: the reaper keeps its status for it, and the program's
+/// tree ([`Process::terminate`], membership) leaves it out. Peeking (`waitid` with `WNOWAIT`)
+/// to leave it unreaped would not do: the next peek shows the same child again, and every
+/// orphan behind it would stay a zombie until its owner looked.
+///
+/// Dropped while it runs, it is killed (SIGKILL) and reaped.
+#[derive(Debug)]
+pub(crate) struct OwnChild {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    /// Its status once it ended (`None` inside: ended, but its status was lost).
+    ended: Option<Option<WaitStatus>>,
+}
+
+impl OwnChild {
+    /// Takes charge of `child`, which conjure just spawned and nobody waited for yet.
+    pub(crate) fn new(child: std::process::Child) -> OwnChild {
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        own().push((pid, None));
+        // Without pidfds (before 5.3) the owner looks again on its own schedule.
+        let pidfd = sys::pidfd_open(pid).ok().flatten();
+        OwnChild { pid, pidfd, ended: None }
+    }
+
+    /// An fd that is readable once it exited, while it runs (and the kernel has pidfds).
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().filter(|_| self.ended.is_none()).map(AsFd::as_fd)
+    }
+
+    /// `None` while it runs; once it ended, its wait status, or `Some(None)` when that was lost
+    /// (someone else reaped it): it ended all the same.
+    pub(crate) fn try_wait(&mut self) -> Option<Option<WaitStatus>> {
+        if self.ended.is_none() {
+            self.ended = self.look();
+        }
+        self.ended
+    }
+
+    fn look(&self) -> Option<Option<WaitStatus>> {
+        if let Some(status) = kept_for(self.pid) {
+            return Some(Some(status));
+        }
+        let mut status = 0;
+        match sys::waitpid_raw(self.pid, &mut status, libc::WNOHANG) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => None,
+            Ok(_) => Some(Some(status)),
+            // Not a child any more: reaped a moment ago (by another thread's reaper, which kept
+            // its status), or by someone who did not.
+            Err(_) => Some(kept_for(self.pid)),
+        }
+    }
+}
+
+impl Drop for OwnChild {
+    fn drop(&mut self) {
+        if self.pid > 0 && self.try_wait().is_none() {
+            // Not reaped yet, so the pid is still its own.
+            let killed = match &self.pidfd {
+                Some(fd) => sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL),
+                None => sys::kill_raw(self.pid, libc::SIGKILL),
+            };
+            if let Err(e) = killed {
+                tracing::debug!(pid = self.pid, error = %e, "cannot kill a check");
+            }
+            // Bounded: SIGKILL cannot be caught.
+            let mut status = 0;
+            while sys::waitpid_raw(self.pid, &mut status, 0) == Err(nix::errno::Errno::EINTR) {}
+        }
+        own().retain(|(pid, _)| *pid != self.pid);
+    }
+}
+
 /// Whether `fd` is readable now.
 fn readable(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -466,6 +653,21 @@ mod tests {
         assert!(parse_stat(7, b"7 (x) Z").is_none());
         assert!(parse_stat(7, b"garbage").is_none());
         assert!(parse_stat(7, b"7 (x) Z 1 2 3").unwrap().dead());
+    }
+
+    #[test]
+    fn a_child_descends_and_belongs_to_its_tree_and_its_parent_does_not() {
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let tree = Process::child(pid, None, false);
+        assert!(descends(pid, me));
+        assert!(!descends(me, pid));
+        assert!(tree.contains(pid));
+        assert!(!tree.contains(me), "the program's parent is not in its tree");
+        assert!(!tree.contains(0));
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! another server already on the port, a connect probe would call a program ready that will
 //! never get its port, and a supervisor would send traffic to the stranger. So `tcp:` and
 //! `unix:` look at the listening sockets themselves, by inode, and count only one that the
-//! program or a descendant holds (`socket:[INODE]` among its fds in `/proc/PID/fd`).
+//! program's tree holds (`socket:[INODE]` among its fds in `/proc/PID/fd`): the program's own
+//! fds first, then one walk of every process's, whose few holders are asked whether they are
+//! the program's (`Process::contains`).
 //!
 //! The kernel is asked through sock_diag (`NETLINK_SOCK_DIAG`): listeners only, so a busy host's
 //! thousands of connections are never walked, and for Unix sockets with the inode of the file
@@ -16,11 +18,13 @@
 //!
 //! conjure must be able to read the program's `/proc/PID/fd` (it runs as root, or as the
 //! program's user): a program that made itself non-dumpable hides its fds from its own user,
-//! and then a listener no visible process holds is taken to be the program's.
+//! and then a listener no visible process holds is taken to be the program's. So is any
+//! listener when `/proc` is another PID namespace's (conjure as PID 1 without a `/proc` of its
+//! own): no process there is one conjure could name.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +33,9 @@ use nix::sys::socket::{
 };
 use nix::sys::time::TimeVal;
 
-use crate::process::Process;
+use crate::error::DaemonizeError;
+use crate::process::{self, Process};
+use crate::readiness::{Source, absolute};
 
 /// `TCP_LISTEN`, the state of a listening socket (TCP and Unix alike in sock_diag).
 const TCP_LISTEN: u32 = 10;
@@ -41,11 +47,17 @@ const NLMSG_DONE: u16 = 3;
 const UDIAG_SHOW_VFS: u32 = 2;
 const UNIX_DIAG_VFS: u16 = 1;
 
-/// An address the program is expected to listen on.
-#[derive(Debug, Clone)]
-pub(crate) enum Target {
-    /// `tcp:HOST:PORT`; `addrs` is HOST resolved, once it resolves.
-    Tcp { host: String, port: u16, addrs: Vec<IpAddr> },
+/// An address the program is expected to listen on, and the means to look at it.
+#[derive(Debug)]
+pub(crate) struct Target {
+    address: Address,
+    diag: Diag,
+}
+
+#[derive(Debug)]
+enum Address {
+    /// `tcp:HOST:PORT`, with HOST's addresses, resolved before the fork.
+    Tcp { port: u16, addrs: Vec<IpAddr> },
     /// `unix:PATH`, absolute.
     Unix(PathBuf),
 }
@@ -62,69 +74,100 @@ pub(crate) enum Owner {
 }
 
 impl Target {
-    /// A TCP target; the host is resolved on first use.
-    pub(crate) fn tcp(host: &str, port: u16) -> Target {
-        Target::Tcp { host: host.to_string(), port, addrs: Vec::new() }
+    /// The address a `tcp:` or `unix:` source names (`None` for the other sources), a path
+    /// made absolute, a host resolved. Runs before the fork: a host that does not resolve is
+    /// a usage error now, not a timeout later, and the event loop never waits for a resolver.
+    pub(crate) fn from_source(source: &Source) -> Result<Option<Target>, DaemonizeError> {
+        Ok(match source {
+            Source::Tcp(host, port) => Some(Target::tcp(host, *port).map_err(|why| {
+                DaemonizeError::invalid(format!("invalid address `{source}`: cannot resolve host `{host}`: {why}"))
+            })?),
+            Source::Unix(path) => Some(Target::unix(absolute(path)?)),
+            _ => None,
+        })
+    }
+
+    /// A Unix socket target at `path` (absolute).
+    pub(crate) fn unix(path: PathBuf) -> Target {
+        Target { address: Address::Unix(path), diag: Diag::default() }
+    }
+
+    /// A TCP target: `host` resolved now (blocking), to at least one address.
+    pub(crate) fn tcp(host: &str, port: u16) -> Result<Target, String> {
+        let addrs: Vec<IpAddr> = (host, port).to_socket_addrs().map_err(|e| e.to_string())?.map(|a| a.ip()).collect();
+        if addrs.is_empty() {
+            return Err("it has no address".to_string());
+        }
+        Ok(Target { address: Address::Tcp { port, addrs }, diag: Diag::default() })
     }
 
     /// Inodes of the sockets listening at this address now.
     pub(crate) fn listeners(&mut self) -> Vec<u64> {
-        match self {
-            Target::Tcp { host, port, addrs } => {
-                if addrs.is_empty() {
-                    *addrs = (host.as_str(), *port)
-                        .to_socket_addrs()
-                        .map(|a| a.map(|a| a.ip()).collect())
-                        .unwrap_or_default();
-                }
+        match &self.address {
+            Address::Tcp { port, addrs } => {
                 let matches = |ip: IpAddr, p: u16| p == *port && addrs.iter().any(|a| covers(ip, *a));
-                tcp_listeners().into_iter().filter(|(ip, p, _)| matches(*ip, *p)).map(|(.., ino)| ino).collect()
+                let all = tcp_listeners(&mut self.diag);
+                all.into_iter().filter(|(ip, p, _)| matches(*ip, *p)).map(|(.., ino)| ino).collect()
             }
-            Target::Unix(path) => unix_listeners(path),
+            Address::Unix(path) => unix_listeners(&mut self.diag, path),
         }
     }
 
     /// The target as an operator names it: `port 8000`, `` `/run/app.sock` ``.
     pub(crate) fn describe(&self) -> String {
-        match self {
-            Target::Tcp { port, .. } => format!("port {port}"),
-            Target::Unix(path) => format!("`{}`", path.display()),
+        match &self.address {
+            Address::Tcp { port, .. } => format!("port {port}"),
+            Address::Unix(path) => format!("`{}`", path.display()),
         }
     }
 
-    /// Who holds what listens here: the program (`tree`, whose members are looked at) or
-    /// someone else. `Other` is only ever answered when some listener is there.
+    /// `port 8000 is already in use by pid 123 (python3)`.
+    pub(crate) fn taken(&self, holders: &[i32]) -> String {
+        let who = if holders.is_empty() {
+            "another process".to_string()
+        } else {
+            holders.iter().map(|p| describe_process(*p)).collect::<Vec<_>>().join(", ")
+        };
+        format!("{} is already in use by {who}", self.describe())
+    }
+
+    /// Who holds what listens here: the program (`tree`, whose members count) or someone
+    /// else. `Other` is only ever answered when some listener is there.
     pub(crate) fn owner(&mut self, tree: Option<&Process>) -> Owner {
         let inodes = self.listeners();
         if inodes.is_empty() {
             return Owner::Nobody;
         }
-        let me = std::process::id() as i32;
+        let is_listener =
+            |fd: &Path| std::fs::read_link(fd).ok().and_then(|t| socket_inode(&t)).is_some_and(|i| inodes.contains(&i));
+        // The program itself first: the common case costs its fd table alone.
+        let program = tree.map_or(0, Process::pid);
         let mut hidden = false;
-        if let Some(tree) = tree {
-            // The program itself first: the common case costs its fd table alone, not a walk
-            // of every process for the rest of its tree.
-            let program = tree.pid();
-            let rest = || tree.members().into_iter().filter(move |m| *m != program);
-            for pid in std::iter::once(program).filter(|p| *p > 0).chain(std::iter::once_with(rest).flatten()) {
-                match holds(pid, &inodes) {
-                    Ok(true) => return Owner::Program,
-                    Ok(false) => {}
-                    Err(_) => hidden = true,
-                }
+        if program > 0 {
+            match process::holds_fd(program, is_listener) {
+                Ok(true) => return Owner::Program,
+                Ok(false) => {}
+                Err(_) => hidden = true,
             }
         }
-        if holds(me, &inodes).unwrap_or(false) {
+        if process::holds_fd(std::process::id() as i32, is_listener).unwrap_or(false) {
             return Owner::Program;
         }
-        let others: Vec<i32> = holders(&inodes).into_iter().filter(|p| *p != me).collect();
-        if others.is_empty() && hidden {
-            tracing::debug!(
-                "a listener nobody visible holds, and the program's fds cannot be read: taken as the program's"
-            );
-            return Owner::Program;
+        // Then one walk of every process's fds, and the few holders it finds are asked whether
+        // they are the program's.
+        let holders = process::fd_holders(is_listener);
+        if let Some(tree) = tree {
+            if holders.found.iter().any(|p| tree.contains(*p)) {
+                return Owner::Program;
+            }
+            if holders.found.is_empty() && (hidden || holders.unreadable.iter().any(|p| tree.contains(*p))) {
+                tracing::debug!(
+                    "a listener nobody visible holds, and the program's fds cannot be read: taken as the program's"
+                );
+                return Owner::Program;
+            }
         }
-        Owner::Other(others)
+        Owner::Other(holders.found)
     }
 }
 
@@ -144,29 +187,8 @@ fn covers(bound: IpAddr, target: IpAddr) -> bool {
         }
 }
 
-/// Whether `pid` holds one of `inodes` among its fds. An error when its fds cannot be read
-/// (another user's process, a non-dumpable one); `Ok(false)` when it is gone.
-pub(crate) fn holds(pid: i32, inodes: &[u64]) -> io::Result<bool> {
-    let dir = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    Ok(dir.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).ok().and_then(|t| socket_inode(&t)).is_some_and(|i| inodes.contains(&i))
-    }))
-}
-
-/// Every process (that conjure can see) holding one of `inodes`, in pid order.
-pub(crate) fn holders(inodes: &[u64]) -> Vec<i32> {
-    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut pids: Vec<i32> = procs.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
-    pids.sort_unstable();
-    pids.into_iter().filter(|p| holds(*p, inodes).unwrap_or(false)).collect()
-}
-
 /// `pid 123 (python3)`, or `pid 123` when its name cannot be read.
-pub(crate) fn describe_process(pid: i32) -> String {
+fn describe_process(pid: i32) -> String {
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
         Ok(comm) => format!("pid {pid} ({})", comm.trim_end()),
         Err(_) => format!("pid {pid}"),
@@ -179,7 +201,7 @@ fn socket_inode(link: &Path) -> Option<u64> {
 }
 
 /// Listening TCP sockets: (address, port, inode).
-fn tcp_listeners() -> Vec<(IpAddr, u16, u64)> {
+fn tcp_listeners(diag: &mut Diag) -> Vec<(IpAddr, u16, u64)> {
     let mut found = Vec::new();
     let mut diag_ok = true;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -200,7 +222,7 @@ fn tcp_listeners() -> Vec<(IpAddr, u16, u64)> {
             };
             found.push((ip, port, u64::from(u32_at(m, 68))));
         };
-        if let Err(e) = diag_dump(&req, each) {
+        if let Err(e) = diag.dump(&req, each) {
             tracing::debug!(error = %e, "sock_diag unavailable for TCP; reading /proc/net");
             diag_ok = false;
             break;
@@ -242,7 +264,7 @@ fn parse_proc_tcp(line: &str) -> Option<(IpAddr, u16, u64)> {
 }
 
 /// Listening Unix stream sockets bound to the file at `path`: inodes.
-fn unix_listeners(path: &Path) -> Vec<u64> {
+fn unix_listeners(diag: &mut Diag, path: &Path) -> Vec<u64> {
     let Ok(meta) = std::fs::metadata(path) else { return Vec::new() };
     let (major, minor) = (nix::sys::stat::major(meta.dev()), nix::sys::stat::minor(meta.dev()));
     let mut found = Vec::new();
@@ -276,7 +298,7 @@ fn unix_listeners(path: &Path) -> Vec<u64> {
             at += len.div_ceil(4) * 4;
         }
     };
-    match diag_dump(&req, each) {
+    match diag.dump(&req, each) {
         Ok(()) => found,
         Err(e) => {
             tracing::debug!(error = %e, "sock_diag unavailable for Unix sockets; reading /proc/net/unix");
@@ -308,47 +330,93 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     b.get(at..at + 4).map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-/// Sends one sock_diag dump request (`payload` after the netlink header) and hands each
-/// answer's payload to `each`, until the kernel says done. Bounded: a kernel that does not
-/// answer within a second is an error.
-fn diag_dump(payload: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
-    let sock =
-        socket(AddressFamily::Netlink, SockType::Datagram, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkSockDiag)?;
-    setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
-    let mut req = Vec::with_capacity(16 + payload.len());
-    req.extend_from_slice(&((16 + payload.len()) as u32).to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(payload);
-    sendto(sock.as_raw_fd(), &req, &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sock_diag: no answer"));
+/// A sock_diag socket and its receive buffer, kept from one probe to the next: made on first
+/// use, and dropped after an error, so that a dump cut short leaves nothing for the next one.
+#[derive(Debug, Default)]
+struct Diag {
+    socket: Option<OwnedFd>,
+    buf: Vec<u8>,
+}
+
+/// The longest request payload (`inet_diag_req_v2`).
+const MAX_REQUEST: usize = 56;
+
+impl Diag {
+    /// Sends one sock_diag dump request (`payload` after the netlink header) and hands each
+    /// answer's payload to `each`, until the kernel says done. Bounded: a kernel that does not
+    /// answer within a second is an error.
+    fn dump(&mut self, payload: &[u8], each: impl FnMut(&[u8])) -> io::Result<()> {
+        let result = self.dump_once(payload, each);
+        if result.is_err() {
+            self.socket = None;
         }
+        result
+    }
+
+    fn dump_once(&mut self, payload: &[u8], mut each: impl FnMut(&[u8])) -> io::Result<()> {
+        let sock = match self.socket.take() {
+            Some(sock) => sock,
+            None => {
+                let sock = socket(
+                    AddressFamily::Netlink,
+                    SockType::Datagram,
+                    SockFlag::SOCK_CLOEXEC,
+                    SockProtocol::NetlinkSockDiag,
+                )?;
+                setsockopt(&sock, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
+                sock
+            }
+        };
+        let sock = self.socket.insert(sock).as_raw_fd();
+        let mut req = [0u8; 16 + MAX_REQUEST];
+        let len = 16 + payload.len();
+        let header = [
+            &(len as u32).to_ne_bytes()[..],
+            &SOCK_DIAG_BY_FAMILY.to_ne_bytes(),
+            &(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes(),
+            &1u32.to_ne_bytes(),
+            &0u32.to_ne_bytes(),
+            payload,
+        ];
         let mut at = 0;
-        while at + 16 <= n {
-            let len = u32_at(&buf, at) as usize;
-            let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-            if len < 16 || at + len > n {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "sock_diag: malformed answer"));
+        for part in header {
+            let Some(slot) = req.get_mut(at..at + part.len()) else {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "sock_diag: request too long"));
+            };
+            slot.copy_from_slice(part);
+            at += part.len();
+        }
+        sendto(sock, &req[..len], &NetlinkAddr::new(0, 0), MsgFlags::empty())?;
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 32 * 1024];
+        }
+        let buf = &mut self.buf[..];
+        loop {
+            let n = match recv(sock, buf, MsgFlags::empty()) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "sock_diag: no answer"));
             }
-            match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = -(u32_at(&buf, at + 16) as i32);
-                    return Err(io::Error::from_raw_os_error(errno.max(1)));
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32_at(buf, at) as usize;
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                if len < 16 || at + len > n {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "sock_diag: malformed answer"));
                 }
-                _ => each(&buf[at + 16..at + len]),
+                match kind {
+                    NLMSG_DONE => return Ok(()),
+                    NLMSG_ERROR => {
+                        let errno = (u32_at(buf, at + 16) as i32).wrapping_neg();
+                        return Err(io::Error::from_raw_os_error(errno.max(1)));
+                    }
+                    _ => each(&buf[at + 16..at + len]),
+                }
+                at += len.div_ceil(4) * 4;
             }
-            at += len.div_ceil(4) * 4;
         }
     }
 }
@@ -385,13 +453,23 @@ mod tests {
     }
 
     #[test]
+    fn a_host_that_does_not_resolve_is_a_usage_error_naming_it() {
+        let err = Target::from_source(&Source::Tcp("nonexistent.invalid".into(), 80)).unwrap_err();
+        assert_eq!(err.exit_code(), 64);
+        assert!(err.to_string().contains("`nonexistent.invalid`"), "{err}");
+        let localhost = Target::from_source(&Source::Tcp("localhost".into(), 80)).unwrap();
+        assert!(matches!(localhost, Some(Target { address: Address::Tcp { ref addrs, .. }, .. }) if !addrs.is_empty()));
+    }
+
+    #[test]
     fn a_listener_of_this_process_is_found_by_port_and_by_path() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
-        let mut t = Target::tcp("127.0.0.1", port);
+        let mut t = Target::tcp("127.0.0.1", port).unwrap();
         let inodes = t.listeners();
         assert_eq!(inodes.len(), 1);
-        assert!(holds(std::process::id() as i32, &inodes).unwrap());
+        let is_listener = |fd: &Path| std::fs::read_link(fd).ok().and_then(|l| socket_inode(&l)) == Some(inodes[0]);
+        assert!(process::holds_fd(std::process::id() as i32, is_listener).unwrap());
         assert_eq!(t.owner(None), Owner::Program, "conjure's own listener is handed to the program");
         drop(l);
         // Another test of this process may listen on the freed port at once: only this
@@ -400,7 +478,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let mut t = Target::Unix(path.clone());
+        let mut t = Target::unix(path.clone());
         assert!(t.listeners().is_empty());
         let u = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert_eq!(t.listeners().len(), 1);

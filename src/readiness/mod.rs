@@ -27,7 +27,7 @@ pub(crate) mod watchdog;
 
 use std::fmt;
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 /// How conjure learns that the program is ready (`--ready-on`). Parsed from the command
@@ -50,14 +50,34 @@ pub enum Source {
     Notify,
     /// The program writes a newline to fd N (s6's notification-fd convention).
     Fd(RawFd),
-    /// A TCP connect to `host:port` succeeds.
+    /// A socket listening at `host:port` (the host resolved before anything starts) is held by
+    /// the program or its tree; one that someone else holds is a failure, not readiness.
     Tcp(String, u16),
-    /// A connect to the Unix stream socket at this path succeeds.
+    /// A Unix stream socket listening at this path is held by the program or its tree; one
+    /// that someone else holds is a failure, not readiness.
     Unix(PathBuf),
     /// This path exists.
     File(PathBuf),
     /// This shell command exits 0.
     Cmd(String),
+}
+
+/// The lowest fd a program can be told to be ready on, or a supervisor to hear it on: 0–2 are
+/// stdio.
+pub(crate) const FIRST_NOTIFICATION_FD: RawFd = 3;
+
+/// The N of `fd:N` (`text`), as a readiness `what` (source or sink): a number, not stdio.
+fn parse_fd(text: &str, what: &str) -> Result<RawFd, String> {
+    match text.strip_prefix("fd:").map(str::parse::<RawFd>) {
+        Some(Ok(n)) if n >= FIRST_NOTIFICATION_FD => Ok(n),
+        _ => Err(format!("invalid readiness {what} `{text}`: the fd must be a number above 2")),
+    }
+}
+
+/// `path` made absolute against the current directory, before the fork (the daemon's is `/`).
+pub(crate) fn absolute(path: &Path) -> Result<PathBuf, crate::error::DaemonizeError> {
+    std::path::absolute(path)
+        .map_err(|e| crate::error::DaemonizeError::invalid(format!("invalid path `{}`: {e}", path.display())))
 }
 
 impl Source {
@@ -84,10 +104,7 @@ impl FromStr for Source {
             "notify" if arg.is_empty() => Ok(Source::Notify),
             "fd" => {
                 need("an fd number")?;
-                match arg.parse::<RawFd>() {
-                    Ok(n) if n > 2 => Ok(Source::Fd(n)),
-                    _ => Err(format!("invalid readiness source `{text}`: the fd must be a number above 2")),
-                }
+                parse_fd(text, "source").map(Source::Fd)
             }
             "tcp" => {
                 need("HOST:PORT")?;
@@ -180,14 +197,10 @@ impl FromStr for SinkChoice {
             "pipe" => Sink::Pipe,
             "notify" => Sink::Notify,
             "pidfile" => Sink::Pidfile,
-            _ => match text.strip_prefix("fd:").map(str::parse::<RawFd>) {
-                Some(Ok(n)) if n >= 0 => Sink::Fd(n),
-                _ => {
-                    return Err(format!(
-                        "invalid readiness sink `{text}`: expected auto, pipe, notify, pidfile or fd:N"
-                    ));
-                }
-            },
+            _ if text.starts_with("fd:") => Sink::Fd(parse_fd(text, "sink")?),
+            _ => {
+                return Err(format!("invalid readiness sink `{text}`: expected auto, pipe, notify, pidfile or fd:N"));
+            }
         };
         Ok(SinkChoice::Sink(sink))
     }
@@ -230,7 +243,10 @@ mod tests {
     fn sinks_parse() {
         assert_eq!("auto".parse(), Ok(SinkChoice::Auto));
         assert_eq!("fd:5".parse(), Ok(SinkChoice::Sink(Sink::Fd(5))));
-        assert!("fd:x".parse::<SinkChoice>().is_err());
+        for bad in ["fd:x", "fd:", "fd:2", "fd:-1"] {
+            let err = bad.parse::<SinkChoice>().unwrap_err();
+            assert!(err.starts_with("invalid readiness sink"), "{bad}: {err}");
+        }
         assert!("tcp".parse::<SinkChoice>().is_err());
     }
 }

@@ -50,31 +50,21 @@ impl AsFd for NotifyHost {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-
-    use crate::readiness::relay::{Relay, Upstream};
+    use crate::readiness::relay::relaying_in;
 
     #[test]
     fn hosted_socket_relays_the_programs_datagrams_and_ignores_strangers() {
         let dir = tempfile::tempdir().unwrap();
-        let sup_path = dir.path().join("sup");
-        let sup = UnixDatagram::bind(&sup_path).unwrap();
-        sup.set_nonblocking(true).unwrap();
-        let host = NotifyHost::bind().unwrap();
-        let addr = SocketAddr::from_abstract_name(&host.env_value().as_bytes()[1..]).unwrap();
-        let mut relay = Relay::new(Some(host), Some(Upstream::new(sup_path.into_os_string())));
+        let (mut relay, sup, sender) = relaying_in(dir.path());
         let me = std::process::id() as i32;
-        let sender = UnixDatagram::unbound().unwrap();
-        sender.send_to_addr(b"MAINPID=1\nSTATUS=hi\nREADY=1", &addr).unwrap();
+        sender.send(b"MAINPID=1\nSTATUS=hi\nREADY=1").unwrap();
         let heard = relay.receive(|pid| pid == me, false);
         assert!(heard.ready);
         assert_eq!(relay.status(), Some("hi"));
         let mut buf = [0u8; 64];
         let n = sup.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STATUS=hi", "MAINPID dropped, READY held back");
-        sender.send_to_addr(b"STATUS=stranger", &addr).unwrap();
+        sender.send(b"STATUS=stranger").unwrap();
         let heard = relay.receive(|_| false, false);
         assert!(!heard.ready);
         assert_eq!(relay.status(), Some("hi"), "a stranger's status is ignored");

@@ -6,8 +6,11 @@
 //! few dozen probes, not thousands. Every other source is event-driven.
 
 use std::io;
-use std::process::{Child, Command, Stdio};
+use std::os::fd::BorrowedFd;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::process::{self, OwnChild};
 
 /// First delay between probes.
 const FIRST: Duration = Duration::from_millis(2);
@@ -35,16 +38,38 @@ impl Backoff {
     }
 }
 
-/// Starts one run of a `cmd:` check: `sh -c COMMAND`, stdin and stdout on `/dev/null`,
-/// stderr inherited so that its complaints reach the operator.
-pub(crate) fn spawn_check(command: &str) -> io::Result<Child> {
-    Command::new("/bin/sh").arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).spawn()
+/// One run of a `cmd:` check (a readiness source, or `--watchdog`): `sh -c COMMAND`, stdin and
+/// stdout on `/dev/null`, stderr inherited so that its complaints reach the operator. A child
+/// of conjure's own ([`OwnChild`]): resident conjure's orphan reaper leaves it to this. Dropped
+/// while it runs, it is killed and reaped.
+#[derive(Debug)]
+pub(crate) struct CmdCheck {
+    child: OwnChild,
 }
 
-/// Stops a check command that outlived its use, and reaps it.
-pub(crate) fn stop_check(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+impl CmdCheck {
+    /// Starts `command`.
+    pub(crate) fn start(command: &str) -> io::Result<CmdCheck> {
+        let child =
+            Command::new("/bin/sh").arg("-c").arg(command).stdin(Stdio::null()).stdout(Stdio::null()).spawn()?;
+        Ok(CmdCheck { child: OwnChild::new(child) })
+    }
+
+    /// An fd that is readable once the command exited (none without pidfds: look again on the
+    /// backoff), while it runs.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.child.fd()
+    }
+
+    /// `None` while the command runs; then `Ok` when it exited 0, or why it failed
+    /// (`exited with status 1`).
+    pub(crate) fn finished(&mut self) -> Option<Result<(), String>> {
+        Some(match self.child.try_wait()? {
+            Some(status) if process::exit_code(status) == Some(0) => Ok(()),
+            Some(status) => Err(process::describe_status(status)),
+            None => Err("ended, with its status lost".to_string()),
+        })
+    }
 }
 
 /// When the next probe is due, from now.

@@ -27,8 +27,14 @@
 //! [`RESERVED`] places; a supervisor that stops reading altogether costs at most [`MAX_QUEUED`]
 //! messages and [`MAX_QUEUED_FDS`] fds, and past that the oldest status lines go first, then
 //! other droppable messages, never `READY`, `STOPPING`, `RELOADING` or `WATCHDOG` while a
-//! droppable one is queued (repeats of a queued one collapse into it). The receive side allocates nothing per datagram: one buffer, one control buffer,
-//! one buffer for the rewritten message.
+//! droppable one is queued (repeats of a queued one collapse into it).
+//!
+//! The hot path allocates nothing per datagram: one receive buffer of systemd's own limit
+//! (4096 bytes; a longer datagram, which systemd would ignore, is dropped with its fds), one
+//! control buffer, one buffer for a rewritten message (written only when a line is dropped:
+//! a message that passes unchanged is sent from the receive buffer), one pass over its lines
+//! (what conjure acts on, what is dropped, how much it matters if it must wait), and the fds
+//! handed to `sendmsg` from the stack.
 //!
 //! The other direction is the program's environment: [`watchdog_env`] says what becomes of
 //! `WATCHDOG_USEC` and `WATCHDOG_PID`, which systemd sets for the main process (conjure), so
@@ -50,22 +56,25 @@ use crate::process::timeout_until;
 use crate::readiness::notify::{NOTIFY_SOCKET, NotifyHost};
 use crate::sys::{self, Ancillary};
 
-/// Largest datagram read whole; systemd itself reads at most 4096 bytes.
-const MAX_DATAGRAM: usize = 64 * 1024;
+/// Largest datagram relayed: systemd reads at most `NOTIFY_BUFFER_MAX` (`PIPE_BUF`, 4096)
+/// bytes and ignores a longer datagram (its payload truncated), so conjure drops one as well,
+/// with its fds, rather than pass on what would be lost anyway. (`recv_with_fds` asks with
+/// `MSG_TRUNC`, which reports a longer one's true length: a buffer of exactly this size tells.)
+const MAX_DATAGRAM: usize = 4096;
 /// Messages waiting for a supervisor that does not read.
-pub(crate) const MAX_QUEUED: usize = 64;
+const MAX_QUEUED: usize = 64;
 /// Of those, the places kept for conjure's own messages (`READY=1`, `WATCHDOG=1`): the
 /// program's wait in the hosted socket once the rest is taken.
 const RESERVED: usize = 8;
 /// Fds waiting with them.
-pub(crate) const MAX_QUEUED_FDS: usize = 512;
+const MAX_QUEUED_FDS: usize = 512;
 /// Datagrams read in one go before the event loop looks at everything else again.
 const BATCH: usize = 32;
 /// Longest `STATUS=` kept for a failure message.
 const MAX_STATUS: usize = 512;
 /// How long a one-shot message (a background launcher's `READY=1`) may wait for a supervisor
 /// whose socket is full.
-pub(crate) const SEND_PATIENCE: Duration = Duration::from_secs(5);
+const SEND_PATIENCE: Duration = Duration::from_secs(5);
 
 /// `WATCHDOG_USEC`: the supervisor's watchdog interval, when it is meant for this process
 /// (`WATCHDOG_PID` names it, or is absent, as `sd_watchdog_enabled(3)` reads them).
@@ -108,9 +117,15 @@ pub(crate) fn supervisor_address() -> Option<OsString> {
     std::env::var_os(NOTIFY_SOCKET).filter(|v| !v.is_empty())
 }
 
-/// conjure's own message, in the wire format of the sd-notify crate (`KEY=VALUE\n` each).
-pub(crate) fn format(states: &[sd_notify::NotifyState<'_>]) -> String {
-    states.iter().map(|s| format!("{s}\n")).collect()
+/// conjure's own message, in the wire format of the sd-notify crate (`KEY=VALUE\n` each),
+/// written into `text` (cleared first; reused, it allocates nothing once large enough).
+fn write_states(states: &[sd_notify::NotifyState<'_>], text: &mut String) {
+    use std::fmt::Write as _;
+    text.clear();
+    for state in states {
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "{state}");
+    }
 }
 
 /// Sends one message of conjure's own to the supervisor (`NOTIFY_SOCKET`) and waits, at most
@@ -119,7 +134,8 @@ pub(crate) fn format(states: &[sd_notify::NotifyState<'_>]) -> String {
 /// process); resident conjure sends through its [`Relay`] instead.
 pub(crate) fn notify_supervisor(states: &[sd_notify::NotifyState<'_>]) -> io::Result<()> {
     let Some(address) = supervisor_address() else { return Ok(()) };
-    let text = format(states);
+    let mut text = String::new();
+    write_states(states, &mut text);
     tracing::debug!(message = %text.trim_end().replace('\n', " "), "notifying the supervisor");
     let mut upstream = Upstream::new(address);
     upstream.send(text.as_bytes(), &mut Vec::new())?;
@@ -148,6 +164,8 @@ pub(crate) struct Relay {
     ready_sent: bool,
     buf: Box<[u8]>,
     out: Vec<u8>,
+    /// conjure's own messages, formatted.
+    text: String,
     ancillary: Ancillary,
     fds: Vec<OwnedFd>,
     status: Option<String>,
@@ -163,7 +181,8 @@ impl Relay {
             upstream,
             ready_sent: false,
             buf: vec![0u8; MAX_DATAGRAM].into_boxed_slice(),
-            out: Vec::with_capacity(4096),
+            out: Vec::with_capacity(MAX_DATAGRAM),
+            text: String::with_capacity(64),
             ancillary: Ancillary::new(),
             fds: Vec::with_capacity(sys::MAX_FDS),
             status: None,
@@ -212,7 +231,7 @@ impl Relay {
     /// reach the supervisor before what the program said after it.
     pub(crate) fn receive(&mut self, owns: impl Fn(i32) -> bool, pause_on_ready: bool) -> Heard {
         let mut heard = Heard::default();
-        let Relay { host, upstream, ready_sent, buf, out, ancillary, fds, status, errno } = self;
+        let Relay { host, upstream, ready_sent, buf, out, ancillary, fds, status, errno, .. } = self;
         let Some(host) = host.as_ref() else { return heard };
         for _ in 0..BATCH {
             if upstream.as_ref().is_some_and(|u| !u.has_room()) {
@@ -243,13 +262,13 @@ impl Relay {
                 }
             }
             let bytes = &buf[..d.len];
-            let rewritten = read_message(bytes, *ready_sent, out, &mut heard, status, errno);
+            let reading = read_message(bytes, *ready_sent, out, &mut heard, status, errno);
             let held_ready = heard.ready && !*ready_sent;
-            if let Some(up) = upstream.as_mut() {
-                let message: &[u8] = if rewritten { out } else { bytes };
-                if !message.split(|b| *b == b'\n').all(<[u8]>::is_empty)
-                    && let Err(e) = up.send(message, fds)
-                {
+            if let Some(up) = upstream.as_mut()
+                && reading.content
+            {
+                let message: &[u8] = if reading.rewritten { out } else { bytes };
+                if let Err(e) = up.send_as(message, fds, Some(reading.class)) {
                     tracing::debug!(error = %e, "cannot relay a notify message");
                 }
             }
@@ -268,9 +287,9 @@ impl Relay {
             self.ready_sent = true;
         }
         let Some(up) = self.upstream.as_mut() else { return Ok(()) };
-        let text = format(states);
-        tracing::debug!(message = %text.trim_end().replace('\n', " "), "notifying the supervisor");
-        up.send(text.as_bytes(), &mut Vec::new())
+        write_states(states, &mut self.text);
+        tracing::debug!(message = %self.text.trim_end().replace('\n', " "), "notifying the supervisor");
+        up.send(self.text.as_bytes(), &mut Vec::new())
     }
 
     /// The supervisor's socket has room: sends what waits.
@@ -300,9 +319,21 @@ impl Relay {
     }
 }
 
-/// Reads one datagram: notes what conjure acts on, and writes into `out` the message to pass
-/// on when it differs from the datagram (a dropped `MAINPID=`, a held `READY=1`): returns
-/// whether it does.
+/// What [`read_message`] made of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    /// What passes on differs from the datagram, and was written out.
+    rewritten: bool,
+    /// What passes on has a line that is not empty: it is worth sending.
+    content: bool,
+    /// What passes on, classified (without its fds).
+    class: Class,
+}
+
+/// Reads one datagram in one pass: notes what conjure acts on, classifies what passes on, and,
+/// only once a line is dropped (a `MAINPID=`, a held `READY=1`), writes into `out` the message
+/// to pass on instead: the lines kept, joined by newlines. A datagram that passes unchanged,
+/// the common case, is not copied.
 fn read_message(
     bytes: &[u8],
     ready_sent: bool,
@@ -310,39 +341,65 @@ fn read_message(
     heard: &mut Heard,
     status: &mut Option<String>,
     errno: &mut Option<i32>,
-) -> bool {
+) -> Reading {
     out.clear();
-    let mut rewritten = false;
+    let mut reading = Reading { rewritten: false, content: false, class: Class::Status };
+    let mut class = Classifier::default();
+    let mut at = 0;
     for line in bytes.split(|b| *b == b'\n') {
+        let start = at;
+        at += line.len() + 1;
         let (key, value) = match line.iter().position(|b| *b == b'=') {
             Some(eq) => (&line[..eq], &line[eq + 1..]),
             None => (line, &b""[..]),
         };
         let number = || std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u64>().ok());
-        match key {
-            b"MAINPID" => {
-                rewritten = true;
-                continue;
-            }
+        let keep = match key {
+            b"MAINPID" => false,
             b"READY" if value == b"1" => {
                 heard.ready = true;
-                if !ready_sent {
-                    rewritten = true;
-                    continue;
-                }
+                ready_sent
             }
-            b"STATUS" => clean_status(value, status.get_or_insert_with(String::new)),
-            b"ERRNO" => *errno = number().and_then(|n| i32::try_from(n).ok()),
-            b"EXTEND_TIMEOUT_USEC" => heard.extend = number().map(Duration::from_micros),
-            b"WATCHDOG_USEC" => heard.watchdog_usec = number().filter(|u| *u > 0).map(Duration::from_micros),
-            _ => {}
+            b"STATUS" => {
+                clean_status(value, status.get_or_insert_with(String::new));
+                true
+            }
+            b"ERRNO" => {
+                *errno = number().and_then(|n| i32::try_from(n).ok());
+                true
+            }
+            b"EXTEND_TIMEOUT_USEC" => {
+                heard.extend = number().map(Duration::from_micros);
+                true
+            }
+            b"WATCHDOG_USEC" => {
+                heard.watchdog_usec = number().filter(|u| *u > 0).map(Duration::from_micros);
+                true
+            }
+            _ => true,
+        };
+        if !keep {
+            if !reading.rewritten {
+                // The lines before this one, all kept: joined as below, which leaves out the
+                // empty ones in front.
+                reading.rewritten = true;
+                let before = bytes.get(..start.saturating_sub(1)).unwrap_or_default();
+                let first = before.iter().position(|b| *b != b'\n').unwrap_or(before.len());
+                out.extend_from_slice(&before[first..]);
+            }
+            continue;
         }
-        if !out.is_empty() {
-            out.push(b'\n');
+        reading.content |= !line.is_empty();
+        class.line(line, key);
+        if reading.rewritten {
+            if !out.is_empty() {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(line);
         }
-        out.extend_from_slice(line);
     }
-    rewritten
+    reading.class = class.class(0);
+    reading
 }
 
 /// For the fuzz target (`src/fuzz.rs`): reads a datagram as the relay does, before and after
@@ -375,17 +432,49 @@ enum Class {
     Essential,
 }
 
-fn classify(bytes: &[u8], fds: usize) -> Class {
-    let mut status_only = fds == 0;
-    for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let key = line.split(|b| *b == b'=').next().unwrap_or(line);
+/// A message's [`Class`], learnt a line at a time (`line` and its key, the part before `=`).
+#[derive(Debug, Clone, Copy)]
+struct Classifier {
+    essential: bool,
+    status_only: bool,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Classifier { essential: false, status_only: true }
+    }
+}
+
+impl Classifier {
+    fn line(&mut self, line: &[u8], key: &[u8]) {
+        if line.is_empty() {
+            return;
+        }
         match key {
-            b"READY" | b"STOPPING" | b"RELOADING" | b"WATCHDOG" => return Class::Essential,
+            b"READY" | b"STOPPING" | b"RELOADING" | b"WATCHDOG" => self.essential = true,
             b"STATUS" | b"ERRNO" | b"BUSERROR" => {}
-            _ => status_only = false,
+            _ => self.status_only = false,
         }
     }
-    if status_only { Class::Status } else { Class::Other }
+
+    /// The class of the message, sent with `fds` fds.
+    fn class(&self, fds: usize) -> Class {
+        if self.essential {
+            Class::Essential
+        } else if self.status_only && fds == 0 {
+            Class::Status
+        } else {
+            Class::Other
+        }
+    }
+}
+
+fn classify(bytes: &[u8], fds: usize) -> Class {
+    let mut class = Classifier::default();
+    for line in bytes.split(|b| *b == b'\n') {
+        class.line(line, line.split(|b| *b == b'=').next().unwrap_or(line));
+    }
+    class.class(fds)
 }
 
 #[derive(Debug)]
@@ -449,6 +538,12 @@ impl Upstream {
     /// Sends `bytes` with `fds` (which are taken, whatever happens) now, or queues them while
     /// the supervisor has no room. An error means the message is lost.
     pub(crate) fn send(&mut self, bytes: &[u8], fds: &mut Vec<OwnedFd>) -> io::Result<()> {
+        self.send_as(bytes, fds, None)
+    }
+
+    /// [`send`](Self::send), with the message's class (without its fds) when the caller knows
+    /// it already; otherwise it is read from `bytes` if the message must wait.
+    fn send_as(&mut self, bytes: &[u8], fds: &mut Vec<OwnedFd>, class: Option<Class>) -> io::Result<()> {
         if self.queue.is_empty() {
             match self.try_send(bytes, fds) {
                 Ok(true) => {
@@ -462,14 +557,19 @@ impl Upstream {
                 }
             }
         }
-        self.enqueue(bytes, fds);
+        self.enqueue(bytes, fds, class);
         self.flush();
         Ok(())
     }
 
     /// Queues a message, making room first.
-    fn enqueue(&mut self, bytes: &[u8], fds: &mut Vec<OwnedFd>) {
-        let class = classify(bytes, fds.len());
+    fn enqueue(&mut self, bytes: &[u8], fds: &mut Vec<OwnedFd>, class: Option<Class>) {
+        let class = match class {
+            // With fds, a status line is more than a status line.
+            Some(Class::Status) if !fds.is_empty() => Class::Other,
+            Some(class) => class,
+            None => classify(bytes, fds.len()),
+        };
         if class == Class::Essential
             && fds.is_empty()
             && self.queue.iter().any(|p| p.class == Class::Essential && p.fds.is_empty() && p.bytes == bytes)
@@ -531,26 +631,48 @@ impl Upstream {
     }
 
     /// One attempt: `Ok(false)` when the supervisor has no room. A socket whose peer went
-    /// away (the supervisor re-created its socket) is connected again, once.
+    /// away (the supervisor re-created its socket) is connected again, once; an interrupted
+    /// send is retried, without using that up.
     fn try_send(&mut self, bytes: &[u8], fds: &[OwnedFd]) -> io::Result<bool> {
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        for attempt in 0..2 {
+        // On the stack: no allocation per message.
+        let mut raw = [0 as RawFd; sys::MAX_FDS];
+        let Some(raw) = raw.get_mut(..fds.len()) else { return Err(io::Error::from_raw_os_error(libc::EINVAL)) };
+        for (slot, fd) in raw.iter_mut().zip(fds) {
+            *slot = fd.as_raw_fd();
+        }
+        let rights = [ControlMessage::ScmRights(raw)];
+        let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let mut reconnected = false;
+        loop {
             let sock = self.connected()?.as_raw_fd();
-            let rights = [ControlMessage::ScmRights(&raw)];
-            let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
-            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
             match sendmsg::<UnixAddr>(sock, &[IoSlice::new(bytes)], cmsgs, flags, None) {
                 Ok(_) => return Ok(true),
                 Err(nix::errno::Errno::EAGAIN) => return Ok(false),
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(nix::errno::Errno::ECONNREFUSED | nix::errno::Errno::ENOTCONN) if attempt == 0 => {
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::ECONNREFUSED | nix::errno::Errno::ENOTCONN) if !reconnected => {
+                    reconnected = true;
                     self.socket = None;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(io::Error::from_raw_os_error(libc::ECONNREFUSED))
     }
+}
+
+/// A relay to test with: it hosts a fresh socket and relays to a supervisor's socket bound in
+/// `dir`. Returns it, the supervisor's socket (non-blocking) and a socket connected to the
+/// hosted one, to send as the program would.
+#[cfg(test)]
+pub(crate) fn relaying_in(dir: &std::path::Path) -> (Relay, UnixDatagram, UnixDatagram) {
+    let path = dir.join("sup");
+    let sup = UnixDatagram::bind(&path).unwrap();
+    sup.set_nonblocking(true).unwrap();
+    let host = NotifyHost::bind().unwrap();
+    let addr = SocketAddr::from_abstract_name(&host.env_value().as_bytes()[1..]).unwrap();
+    let sender = UnixDatagram::unbound().unwrap();
+    sender.connect_addr(&addr).unwrap();
+    (Relay::new(Some(host), Some(Upstream::new(path.into_os_string()))), sup, sender)
 }
 
 #[cfg(test)]
@@ -561,8 +683,8 @@ mod tests {
         let mut out = Vec::new();
         let mut heard = Heard::default();
         let (mut status, mut errno) = (None, None);
-        let rewritten = read_message(bytes, ready_sent, &mut out, &mut heard, &mut status, &mut errno);
-        let passed = if rewritten {
+        let reading = read_message(bytes, ready_sent, &mut out, &mut heard, &mut status, &mut errno);
+        let passed = if reading.rewritten {
             String::from_utf8_lossy(&out).into_owned()
         } else {
             String::from_utf8_lossy(bytes).into_owned()
@@ -581,6 +703,61 @@ mod tests {
         assert_eq!(passed.as_deref(), Some("RELOADING=1\nMONOTONIC_USEC=5"), "passed verbatim");
         let (passed, ..) = read(b"STATUS=ok\nREADY=1\n", true);
         assert_eq!(passed.as_deref(), Some("STATUS=ok\nREADY=1\n"));
+    }
+
+    #[test]
+    fn only_a_message_that_changes_is_copied_and_it_keeps_its_other_lines_as_they_were() {
+        let (mut out, mut heard, mut status, mut errno) = (Vec::new(), Heard::default(), None, None);
+        let mut reading = |bytes: &[u8], ready_sent: bool, out: &mut Vec<u8>| {
+            read_message(bytes, ready_sent, out, &mut heard, &mut status, &mut errno)
+        };
+        let r = reading(b"STATUS=x\nWATCHDOG=1\n", true, &mut out);
+        assert_eq!(r, Reading { rewritten: false, content: true, class: Class::Essential });
+        assert!(out.is_empty(), "a message passed unchanged was copied");
+        let r = reading(b"\nSTATUS=a\n\nMAINPID=1\nX=1\n", true, &mut out);
+        assert_eq!(r, Reading { rewritten: true, content: true, class: Class::Other });
+        assert_eq!(out, b"STATUS=a\n\nX=1\n");
+        let r = reading(b"\n\nMAINPID=1\nSTATUS=a", true, &mut out);
+        assert_eq!((r.class, out.as_slice()), (Class::Status, &b"STATUS=a"[..]));
+        let r = reading(b"MAINPID=1\nREADY=1\n", false, &mut out);
+        assert_eq!(r, Reading { rewritten: true, content: false, class: Class::Status }, "nothing left to send");
+        assert!(!reading(b"\n\n", true, &mut out).content);
+    }
+
+    /// systemd ignores a datagram longer than 4096 bytes: one that long passes, a longer one is
+    /// dropped here, and the fd it carried is closed.
+    #[test]
+    fn a_datagram_longer_than_systemd_reads_is_dropped_with_its_fds() {
+        // systemd's own limit, whatever conjure's buffer.
+        const NOTIFY_BUFFER_MAX: usize = 4096;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut relay, sup, sender) = relaying_in(dir.path());
+        let status = |len: usize| [b"STATUS=".as_slice(), &vec![b'x'; len - 7]].concat();
+        // A file only this test opens: whether any fd of this process still points at it.
+        let marked = dir.path().join("passed");
+        let passed = std::fs::File::create(&marked).unwrap();
+        let held = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .any(|fd| std::fs::read_link(fd.path()).ok() == Some(marked.clone()))
+        };
+        let rights = [ControlMessage::ScmRights(&[passed.as_raw_fd()])];
+        sendmsg::<()>(
+            sender.as_raw_fd(),
+            &[IoSlice::new(&status(NOTIFY_BUFFER_MAX + 1))],
+            &rights,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(passed);
+        sender.send(&status(NOTIFY_BUFFER_MAX)).unwrap();
+        relay.receive(|_| true, false);
+        let mut buf = vec![0u8; 2 * NOTIFY_BUFFER_MAX];
+        assert_eq!(sup.recv(&mut buf).unwrap(), NOTIFY_BUFFER_MAX, "the longest datagram systemd reads was not passed");
+        assert!(sup.recv(&mut buf).is_err(), "a datagram longer than systemd reads was passed on");
+        assert!(!held(), "the fd of a dropped datagram was kept");
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::os::fd::RawFd;
 use sd_notify::NotifyState;
 
 use crate::error::DaemonizeError;
-use crate::readiness::Sink;
 use crate::readiness::relay;
+use crate::readiness::{FIRST_NOTIFICATION_FD, Sink};
 
 /// Reports "ready" through `sink`. `mainpid` is sent when the main process is not the one
 /// notifying (the launcher exits and the program stays); `status` is the program's last
@@ -32,11 +32,18 @@ pub(crate) fn ready(sink: Sink, mainpid: Option<i32>, status: Option<&str>) -> R
             if relay::supervisor_address().is_none() {
                 tracing::warn!("readiness sink is notify, but NOTIFY_SOCKET is not set: nobody to tell");
             }
-            relay::notify_supervisor(&states)
-                .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
+            notify(&states)
         }
         Sink::Fd(n) => write_newline(n),
     }
+}
+
+/// Sends `states` to the supervisor (`NOTIFY_SOCKET`) from a process that does not stay to
+/// relay (a background launcher, the library's original process, a library daemon): nothing
+/// set is success, as with sd_notify(3).
+pub(crate) fn notify(states: &[NotifyState<'_>]) -> Result<(), DaemonizeError> {
+    relay::notify_supervisor(states)
+        .map_err(|source| DaemonizeError::SystemError { call: "sd_notify to NOTIFY_SOCKET", source })
 }
 
 /// s6's convention: one newline on fd `n`. The fd is written through, not taken: in a library
@@ -49,7 +56,8 @@ fn write_newline(n: RawFd) -> Result<(), DaemonizeError> {
 /// Checks before the fork that a sink can work: the fd of `fd:N` is open.
 pub(crate) fn validate(sink: Sink) -> Result<(), DaemonizeError> {
     match sink {
-        Sink::Fd(n) if n < 3 || !crate::sys::fd_is_open(n) => {
+        // A sink the library was given as a value, not parsed, may name stdio.
+        Sink::Fd(n) if n < FIRST_NOTIFICATION_FD || !crate::sys::fd_is_open(n) => {
             Err(DaemonizeError::invalid(format!("invalid readiness sink `fd:{n}`: fd {n} is not open (or is stdio)")))
         }
         _ => Ok(()),

@@ -9,16 +9,15 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 use crate::error::DaemonizeError;
 use crate::process::Process;
-use crate::readiness::Source;
-use crate::readiness::listeners::{Owner, Target, describe_process};
-use crate::readiness::probe::{self, Backoff};
+use crate::readiness::listeners::{Owner, Target};
+use crate::readiness::probe::{self, Backoff, CmdCheck};
+use crate::readiness::{Source, absolute};
 
 /// A source with what it needs set up before the fork.
 #[derive(Debug)]
@@ -27,8 +26,10 @@ pub(crate) enum Armed {
     Exec,
     /// `READY=1` on the socket the event loop hosts.
     Notify,
+    /// `fd:N`: the pipe whose write end the program finds at `target`; the read end until
+    /// the program closed it without a newline.
     Fd {
-        read: OwnedFd,
+        read: Option<OwnedFd>,
         write: Option<OwnedFd>,
         target: RawFd,
     },
@@ -44,7 +45,7 @@ pub(crate) enum Armed {
     Cmd {
         command: String,
         backoff: Backoff,
-        running: Option<(Child, Option<OwnedFd>)>,
+        running: Option<CmdCheck>,
     },
 }
 
@@ -60,23 +61,13 @@ pub(crate) enum Probe {
     Taken(String),
 }
 
-/// Before anything is started: an address the program is to listen on must not be taken
-/// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the program's).
-pub(crate) fn check_free(source: &Source) -> Result<(), DaemonizeError> {
-    let mut target = match source {
-        Source::Tcp(host, port) => Target::tcp(host, *port),
-        Source::Unix(path) => Target::Unix(absolute(path)?),
-        _ => return Ok(()),
-    };
-    match target.owner(None) {
-        Owner::Other(holders) => Err(DaemonizeError::AddressInUse(taken(&target, &holders))),
-        _ => Ok(()),
-    }
-}
-
 impl Armed {
-    /// Prepares `source` in the launcher, before the fork.
+    /// Prepares `source` in the launcher, before anything is started (a host resolved, a path
+    /// made absolute: see [`Target::from_source`]).
     pub(crate) fn arm(source: &Source) -> Result<Armed, DaemonizeError> {
+        if let Some(target) = Target::from_source(source)? {
+            return Ok(Armed::Listen { target, backoff: Backoff::default() });
+        }
         Ok(match source {
             Source::Exec => Armed::Exec,
             Source::Notify => Armed::Notify,
@@ -90,10 +81,8 @@ impl Armed {
                 );
                 nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))
                     .map_err(|e| DaemonizeError::sys("fcntl", e))?;
-                Armed::Fd { read, write: Some(write), target: *n }
+                Armed::Fd { read: Some(read), write: Some(write), target: *n }
             }
-            Source::Tcp(host, port) => Armed::Listen { target: Target::tcp(host, *port), backoff: Backoff::default() },
-            Source::Unix(path) => Armed::Listen { target: Target::Unix(absolute(path)?), backoff: Backoff::default() },
             Source::File(path) => {
                 let path = absolute(path)?;
                 let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
@@ -118,7 +107,23 @@ impl Armed {
                 Armed::File { path, inotify }
             }
             Source::Cmd(command) => Armed::Cmd { command: command.clone(), backoff: Backoff::default(), running: None },
+            // Every one is a Target, above.
+            Source::Tcp(..) | Source::Unix(_) => {
+                return Err(DaemonizeError::invalid(format!("invalid readiness source `{source}`")));
+            }
         })
+    }
+
+    /// Before anything is started: an address the program is to listen on must not be taken
+    /// already (a listener conjure itself holds, inherited through `LISTEN_FDS`, is the
+    /// program's).
+    pub(crate) fn check_free(&mut self) -> Result<(), DaemonizeError> {
+        if let Armed::Listen { target, .. } = self
+            && let Owner::Other(holders) = target.owner(None)
+        {
+            return Err(DaemonizeError::AddressInUse(target.taken(&holders)));
+        }
+        Ok(())
     }
 
     /// The fd the program must find at a fixed number, if any: `(ours, its number)`.
@@ -140,9 +145,9 @@ impl Armed {
     /// The fd to poll, if the source has one now.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
-            Armed::Fd { read, .. } => Some(read.as_fd()),
+            Armed::Fd { read, .. } => read.as_ref().map(AsFd::as_fd),
             Armed::File { inotify, .. } => Some(inotify.as_fd()),
-            Armed::Cmd { running: Some((_, Some(fd))), .. } => Some(fd.as_fd()),
+            Armed::Cmd { running: Some(check), .. } => check.fd(),
             _ => None,
         }
     }
@@ -156,7 +161,7 @@ impl Armed {
             Armed::Listen { target, backoff } => match target.owner(Some(tree)) {
                 Owner::Program => Probe::Ready,
                 Owner::Nobody => Probe::Again(Some(probe::due(backoff))),
-                Owner::Other(holders) => Probe::Taken(taken(target, &holders)),
+                Owner::Other(holders) => Probe::Taken(target.taken(&holders)),
             },
             // Checked once after exec; from then on inotify says when to look again.
             Armed::File { path, .. } => {
@@ -167,22 +172,14 @@ impl Armed {
                 }
             }
             Armed::Cmd { command, backoff, running } => {
-                if let Some((child, _)) = running.as_mut()
-                    && let Ok(Some(status)) = child.try_wait()
-                {
-                    *running = None;
-                    if status.success() {
-                        return Ok(Probe::Ready);
-                    }
-                    tracing::debug!(%status, "readiness command not yet successful");
+                if collect(running) == Some(true) {
+                    return Ok(Probe::Ready);
                 }
                 if running.is_none() {
-                    let child = probe::spawn_check(command).map_err(|source| DaemonizeError::SystemError {
+                    *running = Some(CmdCheck::start(command).map_err(|source| DaemonizeError::SystemError {
                         call: "starting the readiness command",
                         source,
-                    })?;
-                    let fd = crate::sys::pidfd_open(child.id() as i32).ok().flatten();
-                    *running = Some((child, fd));
+                    })?);
                 }
                 // Looked at again when its pidfd says it exited (or on the backoff without one).
                 Probe::Again(Some(probe::due(backoff)))
@@ -193,16 +190,14 @@ impl Armed {
     /// The source's fd became readable. `true` when that made it ready.
     pub(crate) fn readable(&mut self) -> Result<bool, DaemonizeError> {
         match self {
-            Armed::Fd { read, target, .. } => {
+            Armed::Fd { read: reading, target, .. } => {
+                let Some(read) = reading.as_ref() else { return Ok(false) };
                 let mut buf = [0u8; 512];
                 match nix::unistd::read(read.as_fd(), &mut buf) {
                     Ok(0) => {
                         tracing::debug!(fd = *target, "the program closed its readiness fd without a newline");
-                        // Keep it out of the poll set: replace it by a pipe nobody writes to.
-                        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                            .map_err(|e| DaemonizeError::sys("pipe2", e))?;
-                        std::mem::forget(w);
-                        *read = r;
+                        // Nothing more can come: out of the poll set, and closed.
+                        *reading = None;
                         Ok(false)
                     }
                     // Only whether a newline came matters: nothing is kept, whatever the program writes.
@@ -216,94 +211,24 @@ impl Armed {
                 Ok(path.exists())
             }
             // The check exited: ready if it succeeded; otherwise the next run waits for its probe.
-            Armed::Cmd { running, .. } => {
-                let Some((child, _)) = running.as_mut() else { return Ok(false) };
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        *running = None;
-                        if !status.success() {
-                            tracing::debug!(%status, "readiness command not yet successful");
-                        }
-                        Ok(status.success())
-                    }
-                    _ => Ok(false),
-                }
-            }
+            Armed::Cmd { running, .. } => Ok(collect(running) == Some(true)),
             _ => Ok(false),
         }
     }
-
-    /// Stops a `cmd:` check still running; the source is done.
-    pub(crate) fn disarm(&mut self) {
-        if let Armed::Cmd { running, .. } = self
-            && let Some((child, _)) = running.take()
-        {
-            probe::stop_check(child);
-        }
-    }
 }
 
-impl Drop for Armed {
-    fn drop(&mut self) {
-        self.disarm();
+/// A `cmd:` check that finished: whether it succeeded (it is gone either way); `None` while
+/// it runs, or when none does.
+fn collect(running: &mut Option<CmdCheck>) -> Option<bool> {
+    let result = running.as_mut()?.finished()?;
+    *running = None;
+    if let Err(why) = &result {
+        tracing::debug!(why, "readiness command not yet successful");
     }
-}
-
-/// `port 8000 is already in use by pid 123 (python3)`.
-pub(crate) fn taken(target: &Target, holders: &[i32]) -> String {
-    let who = if holders.is_empty() {
-        "another process".to_string()
-    } else {
-        holders.iter().map(|p| describe_process(*p)).collect::<Vec<_>>().join(", ")
-    };
-    format!("{} is already in use by {who}", target.describe())
-}
-
-fn absolute(path: &Path) -> Result<PathBuf, DaemonizeError> {
-    std::path::absolute(path).map_err(|e| DaemonizeError::invalid(format!("invalid path `{}`: {e}", path.display())))
-}
-
-/// "exited with status 3", "was killed by signal 9 (SIGKILL)".
-pub(crate) fn describe_status(status: crate::process::WaitStatus) -> String {
-    if let Some(code) = crate::process::exit_code(status) {
-        format!("exited with status {code}")
-    } else if let Some(sig) = crate::process::signal(status) {
-        format!("was killed by signal {sig} ({})", signal_name(sig))
-    } else {
-        format!("changed state ({status:#x})")
-    }
-}
-
-/// `SIGTERM`, `SIGRTMIN+3`, or `signal 99`.
-pub(crate) fn signal_name(sig: i32) -> String {
-    if let Ok(s) = nix::sys::signal::Signal::try_from(sig) {
-        return s.as_str().to_string();
-    }
-    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
-    if (min..=max).contains(&sig) {
-        return if sig - min <= max - sig {
-            format!("SIGRTMIN+{}", sig - min)
-        } else {
-            format!("SIGRTMAX-{}", max - sig)
-        };
-    }
-    format!("signal {sig}")
+    Some(result.is_ok())
 }
 
 /// How long the program was waited for, as the failure message says it.
 pub(crate) fn waited(timeout: Option<Duration>) -> String {
     timeout.map_or_else(|| "ever".to_string(), crate::duration::format)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals_are_named_real_time_ones_too() {
-        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
-        assert_eq!(signal_name(libc::SIGRTMIN() + 3), "SIGRTMIN+3");
-        assert_eq!(signal_name(libc::SIGRTMAX()), "SIGRTMAX-0");
-        assert_eq!(signal_name(99), "signal 99");
-    }
 }

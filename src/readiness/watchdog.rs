@@ -16,16 +16,15 @@
 //! `cmd:` check's pidfd when it finished. A `cmd:` check still running at the next tick has
 //! failed, and is killed.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::error::DaemonizeError;
 use crate::process::Process;
-use crate::readiness::Source;
 use crate::readiness::listeners::{Owner, Target};
-use crate::readiness::probe;
+use crate::readiness::probe::CmdCheck;
+use crate::readiness::{Source, absolute};
 
 /// Checks never run more often than this.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -59,7 +58,7 @@ pub(crate) struct Watchdog {
     interval: Duration,
     next: Option<Instant>,
     failing_since: Option<Instant>,
-    running: Option<(Child, Option<OwnedFd>)>,
+    running: Option<CmdCheck>,
 }
 
 impl Watchdog {
@@ -71,15 +70,11 @@ impl Watchdog {
         supervisor: Option<Duration>,
         timeout: Option<Duration>,
     ) -> Result<Watchdog, DaemonizeError> {
-        let absolute = |p: &std::path::Path| {
-            std::path::absolute(p).map_err(|e| DaemonizeError::invalid(format!("invalid path `{}`: {e}", p.display())))
-        };
-        let kind = match check {
-            Source::Tcp(host, port) => Check::Listen(Target::tcp(host, *port)),
-            Source::Unix(path) => Check::Listen(Target::Unix(absolute(path)?)),
-            Source::File(path) => Check::File(absolute(path)?),
-            Source::Cmd(command) => Check::Cmd(command.clone()),
-            other => {
+        let kind = match (Target::from_source(check)?, check) {
+            (Some(target), _) => Check::Listen(target),
+            (None, Source::File(path)) => Check::File(absolute(path)?),
+            (None, Source::Cmd(command)) => Check::Cmd(command.clone()),
+            (None, other) => {
                 return Err(DaemonizeError::invalid(format!(
                     "invalid watchdog check `{other}`: expected tcp:HOST:PORT, unix:PATH, file:PATH or cmd:COMMAND"
                 )));
@@ -153,64 +148,54 @@ impl Watchdog {
 
     /// A running `cmd:` check's pidfd, readable once it exits.
     pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.running.as_ref().and_then(|(_, fd)| fd.as_ref()).map(AsFd::as_fd)
+        self.running.as_ref().and_then(CmdCheck::fd)
     }
 
     /// Runs what is due: collects a finished `cmd:` check, starts the next check when its time
     /// has come. Returns the outcome of a check that completed, if one did.
     pub(crate) fn poll(&mut self, tree: &Process) -> Option<Verdict> {
         let now = Instant::now();
-        let mut passed = None;
-        if let Some((child, _)) = self.running.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
+        let mut outcome = None;
+        if let Some(result) = self.running.as_mut().and_then(CmdCheck::finished) {
             self.running = None;
-            if !status.success() {
-                tracing::debug!(%status, check = %self.label, "watchdog check failed");
-            }
-            passed = Some(status.success());
+            outcome = Some(result);
         }
         if self.next.is_some_and(|n| now >= n) {
             self.next = now.checked_add(self.interval);
-            if let Some((child, _)) = self.running.take() {
-                tracing::debug!(check = %self.label, "watchdog check still running after an interval: failed");
-                probe::stop_check(child);
-                passed = Some(false);
+            // Dropped, it is killed.
+            if self.running.take().is_some() {
+                outcome = Some(Err("still running after an interval".to_string()));
             }
             match &mut self.check {
-                Check::Listen(target) => passed = Some(target.owner(Some(tree)) == Owner::Program),
-                Check::File(path) => passed = Some(path.exists()),
-                Check::Cmd(command) => match probe::spawn_check(command) {
-                    Ok(child) => {
-                        let fd = crate::sys::pidfd_open(child.id() as i32).ok().flatten();
-                        self.running = Some((child, fd));
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot start the watchdog check");
-                        passed = Some(false);
-                    }
+                Check::Listen(target) => {
+                    outcome = Some(match target.owner(Some(tree)) {
+                        Owner::Program => Ok(()),
+                        Owner::Nobody => Err(format!("nothing listens on {}", target.describe())),
+                        Owner::Other(holders) => Err(target.taken(&holders)),
+                    });
+                }
+                Check::File(path) => {
+                    outcome = Some(if path.exists() { Ok(()) } else { Err("no such file".to_string()) });
+                }
+                Check::Cmd(command) => match CmdCheck::start(command) {
+                    Ok(check) => self.running = Some(check),
+                    Err(e) => outcome = Some(Err(format!("cannot start it: {e}"))),
                 },
             }
         }
-        let passed = passed?;
-        if passed {
-            self.failing_since = None;
-            return Some(Verdict::Passed);
-        }
+        let why = match outcome? {
+            Ok(()) => {
+                self.failing_since = None;
+                return Some(Verdict::Passed);
+            }
+            Err(why) => why,
+        };
         let since = *self.failing_since.get_or_insert(now);
         let failed_for = now.saturating_duration_since(since);
-        tracing::debug!(check = %self.label, ?failed_for, "watchdog check failed");
+        tracing::debug!(check = %self.label, why, ?failed_for, "watchdog check failed");
         match self.timeout {
             Some(t) if failed_for >= t => Some(Verdict::Expired(failed_for)),
             _ => Some(Verdict::Failed),
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some((child, _)) = self.running.take() {
-            probe::stop_check(child);
         }
     }
 }
