@@ -161,7 +161,6 @@ pub(crate) struct Watch {
     exec_started: bool,
     /// The readiness source, until it said ready.
     source: Option<Armed>,
-    notify_source: bool,
     /// `READY=1` heard before the exec was known: counts once it is.
     early_ready: bool,
     relay: Option<Relay>,
@@ -189,7 +188,6 @@ impl Watch {
             decoder: Decoder::default(),
             exec_started: false,
             source: None,
-            notify_source: false,
             early_ready: false,
             relay: None,
             watchdog: None,
@@ -208,7 +206,6 @@ impl Watch {
     /// Waits for `source` once the program exec'd, for at most `timeout` from now (`None`:
     /// forever; a timeout too large to represent is forever too).
     pub(crate) fn source(&mut self, source: Armed, timeout: Option<Duration>) -> &mut Self {
-        self.notify_source = matches!(source, Armed::Notify);
         self.source = Some(source);
         self.timeout = timeout;
         self.deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -491,7 +488,7 @@ impl Watch {
     fn read_notify(&mut self) {
         let Some(relay) = self.relay.as_mut() else { return };
         let process = &self.process;
-        let waits_for_ready = self.notify_source && self.source.is_some();
+        let waits_for_ready = matches!(self.source, Some(Armed::Notify));
         let heard = relay.receive(|sender| owns(process, sender), waits_for_ready);
         let relays = relay.relays();
         if let Some(usec) = heard.extend
@@ -506,7 +503,7 @@ impl Watch {
         {
             watchdog.set_supervisor(usec);
         }
-        if heard.ready && self.notify_source && self.source.is_some() {
+        if heard.ready && waits_for_ready {
             if self.exec_done() {
                 self.queue.push_back(Event::Ready);
             } else {

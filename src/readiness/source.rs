@@ -75,12 +75,8 @@ impl Armed {
                 let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                     .map_err(|e| DaemonizeError::sys("pipe2", e))?;
                 // The program's end must block like any ordinary pipe.
-                let flags = nix::fcntl::OFlag::from_bits_truncate(
-                    nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_GETFL)
-                        .map_err(|e| DaemonizeError::sys("fcntl", e))?,
-                );
-                nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK))
-                    .map_err(|e| DaemonizeError::sys("fcntl", e))?;
+                crate::sys::set_nonblocking(write.as_fd(), false)
+                    .map_err(|source| DaemonizeError::SystemError { call: "fcntl(F_SETFL)", source })?;
                 Armed::Fd { read: Some(read), write: Some(write), target: *n }
             }
             Source::File(path) => {
