@@ -130,35 +130,31 @@ fn stop_escalates_to_kill_when_the_program_ignores_term() {
     assert!(!pidfile.exists());
 }
 
-#[test]
-fn stop_sends_the_signal_it_is_given() {
+/// `stop --signal SIG` on a daemon that ignores TERM (which would end in a KILL after a
+/// minute): SIG ends it at once.
+fn stops_a_term_ignoring_daemon_with(signal: &str) {
     let s = Scratch::new();
     let pidfile = s.join("d.pid");
     let daemon = start(argv!["-p", &pidfile, "--", testprog(), "ignore-term", "60"], &pidfile);
     wait_until(PATIENCE, "the daemon to ignore SIGTERM", || {
         (daemon.proc().sigset("SigIgn") & sigbit(libc::SIGTERM) != 0).then_some(())
     });
-    // A TERM would be ignored and end in a KILL after a minute; INT ends it at once.
-    let out = stop(argv!["-p", &pidfile, "--signal", "INT", "--timeout", "60s"]);
+    let out = stop(argv!["-p", &pidfile, "--signal", signal, "--timeout", "60s"]);
     out.assert_code(0);
     assert_eq!(out.stdout, format!("{}: stopped pid {}\n", pidfile.display(), daemon.pid));
     assert!(!daemon.proc().alive());
+}
+
+#[test]
+fn stop_sends_the_signal_it_is_given() {
+    stops_a_term_ignoring_daemon_with("INT");
 }
 
 /// `--signal` reads what `--rewrite` reads: real-time signals too (their default action ends
 /// the process).
 #[test]
 fn stop_sends_a_real_time_signal_by_name() {
-    let s = Scratch::new();
-    let pidfile = s.join("d.pid");
-    let daemon = start(argv!["-p", &pidfile, "--", testprog(), "ignore-term", "60"], &pidfile);
-    wait_until(PATIENCE, "the daemon to ignore SIGTERM", || {
-        (daemon.proc().sigset("SigIgn") & sigbit(libc::SIGTERM) != 0).then_some(())
-    });
-    let out = stop(argv!["-p", &pidfile, "--signal", "RTMIN+3", "--timeout", "60s"]);
-    out.assert_code(0);
-    assert_eq!(out.stdout, format!("{}: stopped pid {}\n", pidfile.display(), daemon.pid));
-    assert!(!daemon.proc().alive());
+    stops_a_term_ignoring_daemon_with("RTMIN+3");
 }
 
 #[test]
