@@ -742,7 +742,8 @@ mod tests {
                 .flatten()
                 .any(|fd| std::fs::read_link(fd.path()).ok() == Some(marked.clone()))
         };
-        let rights = [ControlMessage::ScmRights(&[passed.as_raw_fd()])];
+        let fds = [passed.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
         sendmsg::<()>(
             sender.as_raw_fd(),
             &[IoSlice::new(&status(NOTIFY_BUFFER_MAX + 1))],
